@@ -1,0 +1,59 @@
+# The few commands a person types. Everything installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Builds the pinned control-plane binaries on first use (minutes), then answers from the cache.
+TOOLS_BIN = $$(bash tools/build.sh)
+
+.PHONY: help venv tools dev-up dev-down test unit e2e demo lint crds check-crds clean
+
+help:
+	@echo "make demo      run the local control plane and show it working"
+	@echo "make test      run every test (unit and end-to-end)"
+	@echo "make dev-up    start a local control plane and Postgres in the background"
+	@echo "make dev-down  stop them"
+	@echo "make lint      ruff and mypy"
+	@echo "make crds      regenerate crds/ from the API types"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+tools:
+	@bash tools/build.sh >/dev/null
+
+dev-up: venv
+	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx.localcluster up
+
+dev-down: venv
+	@$(PY) -m nofx.localcluster down
+
+test: venv
+	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m pytest
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+e2e: venv
+	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m pytest tests/e2e
+
+demo: venv
+	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx.localcluster.demo
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/mypy
+
+crds: venv
+	$(PY) -m nofx.api.crdgen --out crds
+
+check-crds: venv
+	$(PY) -m nofx.api.crdgen --check crds
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""NOFX: a Kubernetes operator that runs AI-agent Runs as Jobs."""
