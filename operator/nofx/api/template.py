@@ -1,0 +1,295 @@
+"""Template: a reusable multi-step plan with parameters. Steps form a DAG through dependsOn; the
+same Step type is used by inline plans of Runs."""
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from nofx.api.common import (
+    AGE_COLUMN,
+    LIST_SET,
+    MAX_DEPENDENCIES,
+    MAX_FINALLY_STEPS,
+    MAX_PARAMETERS,
+    MAX_STEPS,
+    READY_COLUMN,
+    ApiModel,
+    Conditions,
+    Duration,
+    Identifier,
+    KindInfo,
+    LocalObjectReference,
+    PrinterColumn,
+    Resource,
+    ShortText,
+    SpecHash,
+    StepName,
+    Tag,
+    TemplatedString,
+    cel,
+    list_map,
+    validations,
+)
+
+ParameterType = Literal["string", "integer", "number", "boolean", "array", "object"]
+
+
+def json_type(value: Any) -> ParameterType:
+    """The parameter type a JSON value has (an integral number is an integer)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "string"
+
+
+class Parameter(ApiModel):
+    """A declared parameter: `{{ params.NAME }}` in step inputs reads its value."""
+
+    name: Identifier = Field(description="Name of the parameter.")
+    description: ShortText | None = Field(default=None, description="What the parameter means.")
+    type: ParameterType = Field(default="string", description="JSON type the value must have.")
+    default: Any = Field(
+        default=None, description="Value used when a Run does not set the parameter."
+    )
+    required: bool = Field(default=False, description="Whether every Run must set the parameter.")
+    enum: list[Any] | None = Field(
+        default=None, max_length=64, description="If set, the value must be one of these."
+    )
+
+
+class AgentSelector(ApiModel):
+    """Chooses an Agent by what it can do instead of by name."""
+
+    skills: list[Tag] = Field(
+        min_length=1,
+        max_length=16,
+        json_schema_extra=LIST_SET,
+        description="Skills the Agent must all have.",
+    )
+
+
+class ChildRun(ApiModel):
+    """Runs another Template as a child Run and waits for it (hierarchical agents); the child
+    Run's outputs become the step's outputs."""
+
+    template_ref: LocalObjectReference = Field(description="The Template the child Run executes.")
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        max_length=MAX_PARAMETERS,
+        description="Parameters of the child Run; string values may contain {{ ... }} expressions.",
+    )
+
+
+class Backoff(ApiModel):
+    """Delay between attempts: duration, then multiplied by factor each time, up to maxDuration."""
+
+    duration: Duration = Field(default="10s", description="Delay before the first retry.")
+    factor: int = Field(
+        default=2, ge=1, le=10, description="Multiplier applied to the delay per retry."
+    )
+    max_duration: Duration = Field(default="5m", description="Upper bound of the delay.")
+
+
+class Retries(ApiModel):
+    """How often a failed step is tried again."""
+
+    limit: int = Field(ge=0, le=10, description="Retries after the first attempt (0 to 10).")
+    backoff: Backoff = Field(
+        default_factory=lambda: Backoff(),
+        json_schema_extra={"default": {}},
+        description="Delay between attempts.",
+    )
+
+
+class ApprovalGate(ApiModel):
+    """Pauses the Run before the step until a person approves it in the Run's spec.approvals."""
+
+    required: bool = Field(default=True, description="Whether the step waits for an approval.")
+    message: ShortText | None = Field(default=None, description="What the approver should check.")
+
+
+class WhenExpression(ApiModel):
+    """A guard: the step runs only if the rendered input is (In) or is not (NotIn) one of values."""
+
+    input: TemplatedString = Field(description="Value to test; may contain {{ ... }} expressions.")
+    operator: Literal["In", "NotIn"] = Field(description="In or NotIn.")
+    values: list[ShortText] = Field(
+        min_length=1, max_length=32, description="Values the input is compared with."
+    )
+
+
+class Step(ApiModel):
+    """One unit of work: a Job running an Agent, or a child Run."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(has(self.agentRef) ? 1 : 0) + (has(self.agentSelector) ? 1 : 0)"
+                " + (has(self.childRun) ? 1 : 0) == 1",
+                "set exactly one of agentRef, agentSelector or childRun",
+            ),
+            cel(
+                "!has(self.dependsOn) || !(self.name in self.dependsOn)",
+                "a step cannot depend on itself",
+                ".dependsOn",
+            ),
+            cel(
+                "!has(self.maxParallel) || has(self.forEach)",
+                "maxParallel applies only to a step with forEach",
+                ".maxParallel",
+            ),
+        )
+    )
+
+    name: StepName = Field(
+        description="Name of the step, unique in the plan; a DNS label of at most 40 characters."
+    )
+    description: ShortText | None = Field(default=None, description="What the step does.")
+    agent_ref: LocalObjectReference | None = Field(
+        default=None, description="The Agent that runs the step."
+    )
+    agent_selector: AgentSelector | None = Field(
+        default=None, description="Choose the Agent by its skills instead of by name."
+    )
+    child_run: ChildRun | None = Field(
+        default=None, description="Run another Template as a child Run instead of a Job."
+    )
+    inputs: dict[str, TemplatedString] | None = Field(
+        default=None,
+        max_length=32,
+        description="Inputs passed to the step; values may reference {{ params.NAME }}, "
+        "{{ steps.STEP.outputs.KEY }} of upstream steps, and {{ item }} / {{ index }}.",
+    )
+    depends_on: list[StepName] | None = Field(
+        default=None,
+        max_length=MAX_DEPENDENCIES,
+        json_schema_extra=LIST_SET,
+        description="Steps that must succeed before this one starts.",
+    )
+    when: list[WhenExpression] | None = Field(
+        default=None, max_length=16, description="The step is skipped unless all of these match."
+    )
+    for_each: TemplatedString | None = Field(
+        default=None,
+        description="Run the step once per item of this JSON array (e.g. {{ params.repos }}); "
+        "each run sees {{ item }} and {{ index }}. Downstream steps wait for all items.",
+    )
+    max_parallel: int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, description="Most forEach items that run at once."
+    )
+    retries: Retries | None = Field(default=None, description="Retries of a failed attempt.")
+    timeout: Duration | None = Field(
+        default=None, description='Time limit of each attempt, e.g. "10m".'
+    )
+    approval: ApprovalGate | None = Field(
+        default=None, description="Wait for a person's approval before the step starts."
+    )
+
+
+# Steps are unique by name, and dependsOn entries name steps of the same list.
+STEP_LIST = list_map("name") | validations(
+    cel(
+        "self.all(s, !has(s.dependsOn) || s.dependsOn.all(d, d in self.map(t, t.name)))",
+        "every dependsOn entry must name a step of the same list",
+    )
+)
+Steps = Annotated[list[Step], Field(max_length=MAX_STEPS, json_schema_extra=STEP_LIST)]
+FinallySteps = Annotated[
+    list[Step], Field(max_length=MAX_FINALLY_STEPS, json_schema_extra=STEP_LIST)
+]
+
+# Step names are unique across steps and finally: status and Job names use them.
+FINALLY_NAMES_ARE_NEW = cel(
+    "!has(self.steps) || !has(self.finally)"
+    " || self.finally.all(f, !self.steps.exists(s, s.name == f.name))",
+    "finally step names must differ from the names in steps",
+    ".finally",
+)
+
+
+class Output(ApiModel):
+    """A result of the whole plan, computed from step outputs when it finishes."""
+
+    name: Identifier = Field(description="Name of the output.")
+    value: TemplatedString = Field(
+        description="Value; typically {{ steps.STEP.outputs.KEY }} or a string containing it."
+    )
+    description: ShortText | None = Field(default=None, description="What the output means.")
+
+
+Parameters = Annotated[
+    list[Parameter], Field(max_length=MAX_PARAMETERS, json_schema_extra=list_map("name"))
+]
+Outputs = Annotated[list[Output], Field(max_length=32, json_schema_extra=list_map("name"))]
+
+
+class TemplateSpec(ApiModel):
+    """A multi-step plan: parameters, steps, cleanup steps and outputs."""
+
+    model_config = ConfigDict(json_schema_extra=validations(FINALLY_NAMES_ARE_NEW))
+
+    description: ShortText | None = Field(default=None, description="What the plan does.")
+    parameters: Parameters | None = Field(
+        default=None, description="Parameters a Run sets, read as {{ params.NAME }}."
+    )
+    steps: Steps = Field(min_length=1, description="The steps; dependsOn orders them as a DAG.")
+    finally_: FinallySteps | None = Field(
+        default=None,
+        alias="finally",
+        description="Cleanup steps that always run after the main steps, whatever their outcome.",
+    )
+    timeout: Duration | None = Field(
+        default=None, description='Time limit of a whole Run, e.g. "1h".'
+    )
+    outputs: Outputs | None = Field(default=None, description="Results of the plan.")
+
+
+class TemplateStatus(ApiModel):
+    """What the operator observed about the template."""
+
+    conditions: Conditions | None = Field(
+        default=None,
+        description="Conditions of the template; Ready is False with reason AgentMissing "
+        "when a step refers to an Agent that does not exist.",
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the status was computed for."
+    )
+    spec_hash: SpecHash | None = Field(
+        default=None, description="SHA-256 of the canonical JSON of the spec, as Runs pin it."
+    )
+    step_count: int | None = Field(
+        default=None, ge=0, description="Number of steps including finally steps, for kubectl get."
+    )
+
+
+class Template(Resource):
+    """A Template is a reusable multi-step plan with parameters: which agent does each step and
+    what each step depends on. Runs execute it."""
+
+    kind_info: ClassVar[KindInfo] = KindInfo(
+        plural="templates",
+        short_names=("nxt",),
+        printer_columns=(
+            PrinterColumn(
+                "Steps", ".status.stepCount", "Number of steps including finally.", "integer"
+            ),
+            READY_COLUMN,
+            AGE_COLUMN,
+        ),
+    )
+
+    kind: Literal["Template"] = Field(
+        default="Template", description="Kind is the type of this object: Template."
+    )
+    spec: TemplateSpec = Field(description="The plan.")
+    status: TemplateStatus | None = Field(
+        default=None, description="What the operator observed about the template."
+    )

@@ -1,0 +1,30 @@
+"""crds/ holds exactly what the API types generate."""
+
+from pathlib import Path
+
+import pytest
+
+from nofx.api import crdgen
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_crds_match_the_api_types() -> None:
+    diffs = crdgen.differences(ROOT / "crds")
+    assert not diffs, "crds/ is out of date with operator/nofx/api: run `make crds`\n" + "".join(
+        diffs
+    )
+
+
+def test_check_fails_with_a_diff_after_a_hand_edit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert crdgen.main(["--out", str(tmp_path)]) == 0
+    assert crdgen.main(["--check", str(tmp_path)]) == 0
+
+    edited = tmp_path / "runs.nofx.dev.yaml"
+    edited.write_text(edited.read_text().replace("- nxr", "- nxrun"))
+    assert crdgen.main(["--check", str(tmp_path)]) == 1
+    message = capsys.readouterr().err
+    assert "-    - nxrun\n" in message and "+    - nxr\n" in message
+    assert "run `make crds`" in message
