@@ -1,7 +1,129 @@
+"""End-to-end fixtures: the CRDs installed once, and the real operator as a child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+from nofx.localcluster.controlplane import ControlPlane
+from nofx.localcluster.processes import free_port, wait_until
+
+from ..conftest import Kubectl
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def crds(kubectl: Kubectl) -> None:
+    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    names = [
+        f"crd/{path.name.removesuffix('.yaml')}" for path in (REPO / "crds").glob("*.nofx.dev.yaml")
+    ]
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
+class OperatorProcess:
+    """`nofx operator` against the test control plane; can be killed and started again."""
+
+    def __init__(self, control_plane: ControlPlane, log_dir: Path, *extra: str) -> None:
+        self.control_plane = control_plane
+        self.log_path = log_dir / "operator.log"
+        self.extra = extra
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nofx.cli",
+                "operator",
+                "--kubeconfig",
+                str(self.control_plane.kubeconfig),
+                "--metrics-port",
+                str(self.metrics_port),
+                "--health-port",
+                str(self.health_port),
+                *self.extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        wait_until(self._healthy, 60, "the operator's /healthz")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the operator exited:\n{self.log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as in a node failure."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return response.read().decode()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    control_plane: ControlPlane, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(control_plane, tmp_path_factory.mktemp("operator"), "--standalone")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print(f"\noperator log: {process.log_path}")
+
+
+def wait_for_phase(
+    kubectl: Kubectl, namespace: str, run: str, phases: set[str], timeout: float = 60
+) -> dict:
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = kubectl.json("get", "run", run, "-n", namespace)
+        if (body.get("status") or {}).get("phase") in phases:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"Run {run} never reached {phases}; status: {body.get('status')}")

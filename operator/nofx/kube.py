@@ -1,0 +1,141 @@
+"""Kubernetes I/O for the reconcilers: a thin layer over the official client that turns the
+outcomes they care about (already exists, already gone, conflict) into plain return values."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from nofx.api.common import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+
+
+class Conflict(Exception):
+    """The object changed since it was read; read it again and decide again."""
+
+
+def load_config(kubeconfig: str | None = None) -> client.ApiClient:
+    """In a Pod: its service account; elsewhere: KUBECONFIG or ~/.kube/config."""
+    configuration = client.Configuration()
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    # Reconciles run in parallel threads; each needs a connection without waiting for another.
+    configuration.connection_pool_maxsize = 32
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+
+    # --- custom resources ---
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, namespace, plural, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return result
+
+    def patch_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Replaces status with a merge patch; with resource_version, only if nobody wrote the
+        object since (else Conflict). Returns the object as stored, None if it is gone."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            result: dict[str, Any] = self.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
+                GROUP, VERSION, namespace, plural, name, body
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            if error.status == 409:
+                raise Conflict(f"{plural}/{name} changed") from error
+            raise
+        return result
+
+    def create(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
+        """Creates the object; False if one of that name already exists."""
+        try:
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    def patch_spec(self, plural: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, {"spec": spec}
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def delete(self, plural: str, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, propagation_policy="Background"
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    # --- Jobs and Pods ---
+
+    def create_job(self, body: dict[str, Any]) -> bool:
+        """Creates the Job; False if it already exists (a retried or repeated decision)."""
+        try:
+            self.batch.create_namespaced_job(body["metadata"]["namespace"], body)  # type: ignore[arg-type]
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            job = self.batch.read_namespaced_job(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        result: dict[str, Any] = self.batch.api_client.sanitize_for_serialization(job)
+        return result
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def job_pod(self, namespace: str, job_name: str) -> dict[str, Any] | None:
+        """The Pod of a finished Job (backoffLimit 0: there is at most one that ran)."""
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
+        if not pods.items:
+            return None
+        result: dict[str, Any] = self.core.api_client.sanitize_for_serialization(pods.items[-1])
+        return result

@@ -1,0 +1,57 @@
+"""Prometheus metrics of the operator, served on /metrics by prometheus-client."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+RUN_PHASES = ("Pending", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled")
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+
+STEP_ATTEMPTS = Counter(
+    "nofx_step_attempts_total", "Finished step attempts by outcome.", ["outcome"]
+)
+RECONCILE_SECONDS = Histogram(
+    "nofx_reconcile_duration_seconds", "Time of one Run reconcile.", buckets=LATENCY_BUCKETS
+)
+FIRST_JOB_SECONDS = Histogram(
+    "nofx_run_first_job_latency_seconds",
+    "From a Run's creation to the creation of its first Job.",
+    buckets=LATENCY_BUCKETS,
+)
+NEXT_JOB_SECONDS = Histogram(
+    "nofx_step_next_job_latency_seconds",
+    "From an upstream step's Job finishing to the creation of the next step's Job.",
+    buckets=LATENCY_BUCKETS,
+)
+
+_phases: dict[tuple[str, str], str] = {}
+
+
+def set_run_phase(key: tuple[str, str], phase: str | None) -> None:
+    if phase:
+        _phases[key] = phase
+
+
+def forget_run(key: tuple[str, str]) -> None:
+    _phases.pop(key, None)
+
+
+class _RunsByPhase(Collector):
+    """Counted at scrape time from the last phase seen per Run, so no gauge drifts."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "nofx_runs", "Runs held by the operator, by phase.", labels=["phase"]
+        )
+        counts = Tally(_phases.values())
+        for phase in RUN_PHASES:
+            family.add_metric([phase], counts.get(phase, 0))
+        yield family
+
+
+REGISTRY.register(_RunsByPhase())

@@ -1,0 +1,89 @@
+"""The operator process: Kopf settings for a real cluster, the handlers of every kind, the
+metrics server, and `run()` which `nofx operator` calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from nofx import kube
+from nofx.reconcilers import agents, runs, templates  # noqa: F401 - importing registers handlers
+
+log = logging.getLogger("nofx.operator")
+
+PEERING_NAME = "nofx"
+INDEXES = (
+    "jobs_by_run",
+    "active_jobs_by_agent",
+    "child_runs_by_parent",
+    "agents_by_namespace",
+    "templates_by_namespace",
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    kubeconfig: str | None = None
+    metrics_port: int = 9090
+    health_port: int = 8080
+    standalone: bool = False  # no peering: for one replica, or a cluster without the CRD
+    workers: int = 16
+
+
+OPTIONS = Options()
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    # Kopf waits this long for more events of one object before handling the last one; the
+    # default (0.1 s) would sit on the apply→Job latency of every step.
+    settings.batching.batch_window = 0.01
+    # Watches end and restart cleanly before any proxy or the API server cuts them.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.watching.reconnect_backoff = 1.0
+    # Kopf's own Events only for trouble; the Run reconciler posts the meaningful ones.
+    settings.posting.level = logging.WARNING
+    settings.peering.name = PEERING_NAME
+    settings.peering.standalone = OPTIONS.standalone
+    settings.peering.clusterwide = not OPTIONS.namespaces
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=OPTIONS.workers, thread_name_prefix="reconcile")
+    )
+    reconciler = runs.RunReconciler(kube.Kube(kube.load_config(OPTIONS.kubeconfig)))
+    reconciler.indexes = {name: kwargs[name] for name in INDEXES}
+    runs.RECONCILER = reconciler
+    start_http_server(OPTIONS.metrics_port)
+    log.info("operator started", extra={"namespaces": list(OPTIONS.namespaces) or "all"})
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a Pod its service account, elsewhere KUBECONFIG (read now, not at import time)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.probe(id="runs")
+def runs_held(**_: Any) -> int:
+    return len(runs.reconciler().waiters.by_thing)
+
+
+def run(options: Options) -> None:
+    global OPTIONS
+    OPTIONS = options
+    kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="k8s")
+    kopf.run(
+        clusterwide=not options.namespaces,
+        namespaces=list(options.namespaces),
+        standalone=options.standalone,
+        peering_name=None if options.standalone else PEERING_NAME,
+        liveness_endpoint=f"http://0.0.0.0:{options.health_port}/healthz",
+    )

@@ -1,0 +1,78 @@
+"""Template reconciler: keeps each Template's status true (Ready, or AgentMissing / InvalidPlan
+with a message naming the problem; specHash; step count) and an in-memory index of Template
+specs per namespace, and wakes Runs that waited for a Template."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from nofx import validation
+from nofx.api.common import GROUP, VERSION
+from nofx.api.template import TemplateSpec
+from nofx.decisions import agent_for
+from nofx.kube import Kube
+from nofx.reconcilers import status_patch
+from nofx.reconcilers.runs import reconciler
+
+
+@kopf.index(GROUP, VERSION, "templates")
+def templates_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any) -> Any:
+    try:
+        return {namespace: (name, TemplateSpec.model_validate(dict(spec)))}
+    except ValidationError:
+        return None  # template_event reports it on the Template
+
+
+@kopf.on.event(GROUP, VERSION, "templates")
+async def template_event(
+    event: kopf.RawEvent, body: kopf.Body, namespace: Any, name: Any, **_: Any
+) -> None:
+    operator = reconciler()
+    if event["type"] != "DELETED":
+        agents = dict(operator.indexes["agents_by_namespace"].get(namespace, []))
+        await asyncio.to_thread(update_status, operator.kube, dict(body), agents)
+    operator.trigger_soon(operator.waiters.pop(namespace, "Template", name))
+
+
+def update_status(kube: Kube, body: dict[str, Any], agents: dict[str, Any]) -> None:
+    try:
+        spec = TemplateSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        status_patch.apply(
+            kube, "templates", body, ready=False, reason="InvalidSpec", message=str(error)[:1000]
+        )
+        return
+    extra = {
+        "specHash": validation.spec_hash(spec),
+        "stepCount": len(spec.steps) + len(spec.finally_ or []),
+    }
+    problems = validation.validate_plan(spec)
+    missing = [
+        step.agent_ref.name
+        if step.agent_ref
+        else "with skills " + ",".join(step.agent_selector.skills if step.agent_selector else [])
+        for step in [*spec.steps, *(spec.finally_ or [])]
+        if not step.child_run and agent_for(step, agents) is None
+    ]
+    if problems:
+        ready, reason, message = False, "InvalidPlan", "; ".join(problems)
+    elif missing:
+        names = ", ".join(sorted(set(missing)))
+        ready, reason, message = False, "AgentMissing", f"Agent not found: {names}"
+    else:
+        ready, reason, message = True, "Valid", "the template can run"
+    status_patch.apply(
+        kube, "templates", body, ready=ready, reason=reason, message=message, extra=extra
+    )
+
+
+def refresh_templates(kube: Kube, namespace: str, names: list[str], agents: dict[str, Any]) -> None:
+    """Re-evaluates Templates of a namespace after its Agents changed."""
+    for name in names:
+        body = kube.get("templates", namespace, name)
+        if body is not None:
+            update_status(kube, body, agents)

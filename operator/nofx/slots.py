@@ -1,0 +1,42 @@
+"""Free slots of Agents with maxConcurrentSteps, across all Runs.
+
+The Job index tells which Jobs of an Agent are unfinished, but it learns of a new Job only when
+its watch event arrives. Between a reconcile creating a Job and that event, a parallel reconcile
+of another Run would see the slot as free; reservations close that gap. Only one operator
+replica is active (peering), so in-memory state is enough.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+RESERVATION_SECONDS = 30.0  # a Job never seen by the watch (creation failed) frees its slot
+
+
+class AgentSlots:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held across counting, deciding and reserving
+        self._reserved: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+
+    def free(self, namespace: str, agent: str, limit: int, active: set[str] | None) -> int:
+        """Slots left: the limit minus Jobs the index knows as unfinished and Jobs reserved
+        but not yet seen there. Call with the lock held."""
+        now = time.monotonic()
+        reserved = self._reserved[(namespace, agent)]
+        for job, expires in list(reserved.items()):
+            if expires < now:
+                del reserved[job]
+        return limit - len((active or set()) | set(reserved))
+
+    def reserve(self, namespace: str, agent: str, job: str) -> None:
+        """Call with the lock held, for each Job a decision is about to create."""
+        self._reserved[(namespace, agent)][job] = time.monotonic() + RESERVATION_SECONDS
+
+    def confirm(self, namespace: str, agent: str | None, job: str) -> None:
+        """The watch saw the Job: from now on the index accounts for it."""
+        if agent is None:
+            return
+        with self.lock:
+            self._reserved.get((namespace, agent), {}).pop(job, None)

@@ -1,0 +1,58 @@
+"""Builders for the Agents, Templates and Runs the end-to-end tests apply. Step outcomes are
+set through kwok annotations on the Agent's Pods (see nofx/localcluster/kwok-stages.yaml)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..conftest import Kubectl
+
+ECHO = {"kwok.nofx.dev/echo-inputs": "true"}
+
+
+def agent(name: str, annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "nofx.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": name},
+        "spec": {
+            "image": f"example.invalid/{name}:1",
+            "podAnnotations": {**ECHO, **(annotations or {})},
+            **spec,
+        },
+    }
+
+
+def step(name: str, agent_name: str = "echo", **fields: Any) -> dict[str, Any]:
+    return {"name": name, "agentRef": {"name": agent_name}, **fields}
+
+
+def template(name: str, steps: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "nofx.dev/v1alpha1",
+        "kind": "Template",
+        "metadata": {"name": name},
+        "spec": {"steps": steps, **spec},
+    }
+
+
+def run(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "nofx.dev/v1alpha1",
+        "kind": "Run",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def apply(kubectl: Kubectl, namespace: str, *objects: dict[str, Any]) -> None:
+    document = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+    kubectl("apply", "-n", namespace, "-f", "-", input=document)
+
+
+def steps_by_name(run_body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        s["name"] + ("" if s.get("index") is None else f"[{s['index']}]"): s
+        for s in run_body["status"]["steps"]
+    }
