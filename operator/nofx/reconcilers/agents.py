@@ -22,7 +22,7 @@ def agents_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any) ->
     try:
         return {namespace: (name, AgentSpec.model_validate(dict(spec)))}
     except ValidationError:
-        return None  # agent_event reports it on the Agent
+        return {}  # agent_event reports it; {} rather than None drops a stale entry
 
 
 @kopf.on.event(GROUP, VERSION, "agents")

@@ -419,7 +419,7 @@ def active_jobs_by_agent(
     namespace: Any, name: Any, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> Any:
     if observe_job(dict(body)).state != "Active":
-        return None
+        return {}  # not None: Kopf keeps an object's previous entry when a function returns None
     return {(namespace, labels[AGENT_LABEL]): name}
 
 

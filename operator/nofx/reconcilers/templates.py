@@ -24,7 +24,7 @@ def templates_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any)
     try:
         return {namespace: (name, TemplateSpec.model_validate(dict(spec)))}
     except ValidationError:
-        return None  # template_event reports it on the Template
+        return {}  # template_event reports it; {} rather than None drops a stale entry
 
 
 @kopf.on.event(GROUP, VERSION, "templates")
