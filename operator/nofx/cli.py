@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     operator.add_argument(
         "--standalone", action="store_true", help="no peering: only for a single replica"
     )
+    operator.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds after which a replica that stopped answering is taken for dead",
+    )
 
     for name, text in (("approve", "approve a gated step of a Run"), ("cancel", "cancel a Run")):
         command = commands.add_parser(name, help=text)
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics_port=args.metrics_port,
                 health_port=args.health_port,
                 standalone=args.standalone,
+                peering_lifetime=args.peering_lifetime,
             )
         )
         return 0

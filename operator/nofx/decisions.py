@@ -507,7 +507,7 @@ class _Progress:
             self._end(entry, "Failed", "; ".join(problems))
             return
         if not items:
-            entry.outputs = {"results": []}
+            entry.outputs = {}
             self._end(entry, "Succeeded", "forEach over an empty list")
             return
         for index, item in enumerate(items):
@@ -542,7 +542,7 @@ class _Progress:
         if len(finished) < len(items):
             return
         failed = [str(item.index) for item in items if item.phase != "Succeeded"]
-        entry.outputs = {"results": [item.outputs or {} for item in items]}
+        entry.outputs = _join_outputs([item.outputs or {} for item in items])
         if failed:
             self._end(entry, "Failed", f"items {', '.join(failed)} failed")
         else:
@@ -631,10 +631,16 @@ class _Progress:
         self._schedule_expiry()
 
     def _plan_outputs(self) -> tuple[dict[str, Any], list[str]]:
+        """The plan's outputs; one that reads a step which did not succeed (skipped by its
+        `when`, say) is null rather than an error, as "the URL, if a PR was opened" means."""
         outputs: dict[str, Any] = {}
         problems = []
         context = self._context()
         for output in self.plan.outputs or []:
+            steps = {ref.step for ref in templating.references(output.value) if ref.step}
+            if any(self.entries[(name, None)].phase != "Succeeded" for name in steps):
+                outputs[output.name] = None
+                continue
             try:
                 outputs[output.name] = templating.render_value(output.value, context)
             except templating.TemplateError as error:
@@ -686,6 +692,13 @@ class _Progress:
         tops = [e for (_, index), e in self.entries.items() if index is None]
         done = sum(1 for e in tops if e.phase in TERMINAL_STEP_PHASES)
         self.status.progress = f"{done}/{len(tops)}"
+
+
+def _join_outputs(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The outputs of a forEach step: every key any item reported, as a list with one entry
+    per item (null where an item did not report it)."""
+    keys = sorted({key for result in results for key in result})
+    return {key: [result.get(key) for result in results] for key in keys}
 
 
 def child_run_name(parent: str, parent_uid: str, step: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ class Options:
     metrics_port: int = 9090
     health_port: int = 8080
     standalone: bool = False  # no peering: for one replica, or a cluster without the CRD
+    peering_lifetime: int = 60  # seconds a silent replica is still taken for alive
     workers: int = 16
 
 
@@ -53,6 +55,9 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # Kopf's own Events only for trouble; the Run reconciler posts the meaningful ones.
     settings.posting.level = logging.WARNING
     settings.peering.name = PEERING_NAME
+    # Replicas of equal priority would all pause; distinct ones make exactly one of them active.
+    settings.peering.priority = random.randint(1, 2**31 - 1)
+    settings.peering.lifetime = OPTIONS.peering_lifetime
     settings.peering.standalone = OPTIONS.standalone
     settings.peering.clusterwide = not OPTIONS.namespaces
     asyncio.get_running_loop().set_default_executor(

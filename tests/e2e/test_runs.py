@@ -314,7 +314,7 @@ def test_for_each_fans_out_over_five_items_and_joins(
                 step(
                     "join",
                     dependsOn=["review"],
-                    inputs={"all": "{{ steps.review.outputs.results }}"},
+                    inputs={"all": "{{ steps.review.outputs.repo }}"},
                 ),
             ],
         ),
@@ -324,7 +324,7 @@ def test_for_each_fans_out_over_five_items_and_joins(
     steps = steps_by_name(body)
     assert [steps[f"review[{i}]"]["outputs"] for i in range(5)] == [{"repo": r} for r in "abcde"]
     joined = json.loads(steps["join"]["outputs"]["all"])
-    assert joined == [{"repo": r} for r in "abcde"]
+    assert joined == list("abcde")
     jobs = kubectl.json("get", "jobs", "-n", namespace, "-l", "nofx.dev/step=review")["items"]
     assert len(jobs) == 5
 

@@ -137,13 +137,53 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
+def peering_crds() -> list[dict[str, Any]]:
+    """Kopf's peering resources: replicas of the operator see each other through them, so only
+    the one with the highest priority works while the others stand by."""
+    crds = []
+    for kind, scope in (("ClusterKopfPeering", "Cluster"), ("KopfPeering", "Namespaced")):
+        plural = kind.lower() + "s"
+        crds.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.kopf.dev"},
+                "spec": {
+                    "group": "kopf.dev",
+                    "scope": scope,
+                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "description": "Operator replicas and their priorities "
+                                    "(managed by Kopf).",
+                                    "properties": {"status": {"type": "object", PRESERVE: True}},
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return crds
+
+
 def render() -> dict[str, str]:
     """File name -> YAML text of every CRD; keys sorted so the output is stable."""
-    return {
+    files = {
         f"{resource.kind_info.plural}.{GROUP}.yaml": HEADER
         + yaml.dump(crd(resource), Dumper=_Dumper, sort_keys=True, width=100)
         for resource in RESOURCES
     }
+    files["kopf-peering.yaml"] = HEADER + yaml.dump_all(
+        peering_crds(), Dumper=_Dumper, sort_keys=True, width=100
+    )
+    return files
 
 
 def write(directory: Path) -> None:

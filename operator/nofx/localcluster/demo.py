@@ -1,59 +1,167 @@
-"""`make demo`: a real control plane on loopback, then a Job run to completion through it."""
+"""`make demo`: the real control plane on loopback, the CRDs, the operator, and the samples.
+
+The sample Agents' images do not exist here: kwok plays the kubelet, so each Agent gets Pod
+annotations that tell kwok how long its steps run and what they report (their outputs).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.tools import tool_path
+from nofx.localcluster.processes import ManagedProcess, free_port, wait_until
+from nofx.localcluster.tools import REPO_ROOT, tool_path
 
-DEMO_JOB = """
-apiVersion: batch/v1
-kind: Job
-metadata: {name: hello-kwok}
-spec:
-  backoffLimit: 0
-  template:
-    metadata:
-      annotations: {kwok.nofx.dev/duration: 2s, kwok.nofx.dev/message: '{"greeting": "hello"}'}
-    spec:
-      restartPolicy: Never
-      containers: [{name: main, image: example.invalid/hello:1}]
-"""
+DEMO_RUN = "dag-dark-mode"
+# What each sample Agent "reports" when its step finishes: the termination message kwok writes.
+SIMULATED_OUTPUTS = {
+    "planner": {"plan": "1. API flag 2. CSS variables 3. docs", "task": "dark mode"},
+    "coder": {"branch": "feature/dark-mode", "summary": "implemented"},
+    "reviewer": {"comments": "LGTM", "verdict": "approved"},
+    "pr-opener": {"url": "https://example.invalid/pr/1"},
+}
 
 
-def kubectl(plane: ControlPlane, *args: str, stdin: str | None = None) -> None:
-    command = [str(tool_path("kubectl")), "--kubeconfig", str(plane.kubeconfig), *args]
-    print("$ kubectl " + " ".join(args), flush=True)
-    subprocess.run(command, input=stdin, text=True, check=True)
+class Demo:
+    def __init__(self, state_dir: Path) -> None:
+        self.plane = ControlPlane(state_dir)
+        self.operator: ManagedProcess | None = None
+
+    def kubectl(self, *args: str, stdin: str | None = None, show: bool = True) -> str:
+        if show:
+            print(f"$ kubectl {' '.join(args)}", flush=True)
+        result = subprocess.run(
+            [str(tool_path("kubectl")), "--kubeconfig", str(self.plane.kubeconfig), *args],
+            input=stdin,
+            text=True,
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+        if show and result.stdout.strip():
+            print(result.stdout.rstrip(), flush=True)
+        return result.stdout
+
+    def nofx(self, *args: str) -> None:
+        print(f"$ nofx {' '.join(args)}", flush=True)
+        kubeconfig = ["--kubeconfig", str(self.plane.kubeconfig)]
+        subprocess.run([sys.executable, "-m", "nofx.cli", *args, *kubeconfig], check=True)
+
+    def start(self) -> None:
+        self.plane.start()
+        print(f"control plane ready in {self.plane.startup_seconds:.1f} s at {self.plane.server}\n")
+        self.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+        health = free_port()
+        self.operator = ManagedProcess(
+            "nofx-operator",
+            [
+                sys.executable,
+                "-m",
+                "nofx.cli",
+                "operator",
+                "--standalone",
+                "--kubeconfig",
+                str(self.plane.kubeconfig),
+                "--metrics-port",
+                str(free_port()),
+                "--health-port",
+                str(health),
+            ],
+            self.plane.state_dir / "logs" / "operator.log",
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.operator.start()
+        wait_until(lambda: self._healthy(health), 60, "the operator")
+        print(f"\noperator running (log: {self.operator.log_path})\n")
+
+    def _healthy(self, port: int) -> bool:
+        assert self.operator is not None
+        self.operator.check_alive()
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def run_samples(self) -> None:
+        samples = REPO_ROOT / "manifests" / "samples"
+        self.kubectl("apply", "-f", str(samples / "agents.yaml"))
+        for name, outputs in SIMULATED_OUTPUTS.items():
+            annotations = {
+                "kwok.nofx.dev/duration": "1s",
+                "kwok.nofx.dev/message": json.dumps(outputs),
+            }
+            patch = json.dumps({"spec": {"podAnnotations": annotations}})
+            self.kubectl("patch", "agent", name, "--type=merge", "-p", patch, show=False)
+        print("(gave each Agent kwok annotations: its steps take 1 s and report sample outputs)")
+        self.kubectl("apply", "-f", str(samples / "templates.yaml"))
+        self.kubectl("apply", "-f", str(samples / "runs.yaml"))
+        print()
+        self.kubectl("wait", f"run/{DEMO_RUN}", "--for=condition=Succeeded", "--timeout=120s")
+        print()
+        self.print_steps(DEMO_RUN)
+        print()
+        self.kubectl(
+            "get", "jobs", "-l", f"nofx.dev/run={DEMO_RUN}",
+            "-L", "nofx.dev/step,nofx.dev/attempt,nofx.dev/agent",
+        )  # fmt: skip
+        print()
+        self.kubectl(
+            "get", "events", "--field-selector", f"involvedObject.name={DEMO_RUN}",
+            "--sort-by=.metadata.creationTimestamp",
+            "-o", "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
+        )  # fmt: skip
+        print()
+        self.kubectl("get", "runs")
+        print("\n# the release waits for a person: approve it with the CLI")
+        self.nofx("approve", "release-1-4-0", "--step", "publish", "--by", "demo@example.com")
+        self.kubectl("wait", "runs", "--all", "--for=condition=Succeeded", "--timeout=120s")
+        print()
+        self.kubectl("get", "nofx")
+
+    def print_steps(self, run: str) -> None:
+        body = json.loads(self.kubectl("get", "run", run, "-o", "json", show=False))
+        status = body["status"]
+        print(f"Run {run}: {status['phase']} ({status['progress']} steps), usage {status['usage']}")
+        header = f"{'STEP':<10} {'PHASE':<10} {'ATTEMPTS':<9} {'SECONDS':<8} {'OUTPUTS'}"
+        print(header)
+        for entry in status["steps"]:
+            seconds = ""
+            if entry.get("startedAt") and entry.get("finishedAt"):
+                started = datetime.fromisoformat(entry["startedAt"].replace("Z", "+00:00"))
+                finished = datetime.fromisoformat(entry["finishedAt"].replace("Z", "+00:00"))
+                seconds = f"{(finished - started).total_seconds():.1f}"
+            outputs = json.dumps(entry.get("outputs", {}))[:60]
+            print(
+                f"{entry['name']:<10} {entry['phase']:<10} {entry.get('attempts', 0)!s:<9} "
+                f"{seconds:<8} {outputs}"
+            )
+
+    def stop(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+        self.plane.stop()
 
 
 def main() -> int:
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="nofx-demo-") as state_dir:
-        plane = ControlPlane(Path(state_dir))
-        plane.start()
+        demo = Demo(Path(state_dir))
         try:
-            print(f"control plane ready in {plane.startup_seconds:.1f} s at {plane.server}\n")
-            kubectl(plane, "get", "nodes")
-            kubectl(plane, "apply", "-f", "-", stdin=DEMO_JOB)
-            kubectl(plane, "wait", "job/hello-kwok", "--for=condition=Complete", "--timeout=60s")
-            kubectl(plane, "get", "jobs,pods", "-o", "wide")
-            kubectl(
-                plane,
-                "get",
-                "pods",
-                "-l",
-                "job-name=hello-kwok",
-                "-o",
-                "jsonpath=termination message: "
-                "{.items[0].status.containerStatuses[0].state.terminated.message}{'\\n'}",
-            )
+            demo.start()
+            demo.run_samples()
         finally:
-            plane.stop()
-    print("stopped the control plane; no process left behind")
+            demo.stop()
+    print(f"\ndemo done in {time.monotonic() - started:.0f} s; stopped every process it started")
     return 0
 
 
