@@ -10,6 +10,7 @@ Succeeded | Failed | Skipped | Cancelled (Waiting ↔ Running again between retr
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -33,6 +34,9 @@ from nofx.jobs import JobObservation, JobRequest, job_name, timeout_seconds
 TERMINAL_RUN_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
 TERMINAL_STEP_PHASES = frozenset({"Succeeded", "Failed", "Skipped", "Cancelled"})
 MAX_OUTPUT_BYTES = 4096  # the kubelet's own limit on a termination message
+MAX_OUTPUT_KEYS = 32  # status.steps[].outputs maxProperties
+MAX_MESSAGE = 4096  # status messages' maxLength
+UPSTREAM_FAILED = "skipped: upstream"
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,10 @@ def decide(run: RunView, world: World) -> Decision:
         _expire(run, world, decision)
         return decision
     if status.pinned is None and not _pin(run, world, decision):
+        if run.spec.cancel and status.phase == "Pending":
+            decision.waiting_for.clear()
+            _finish(status, world.now, "Cancelled", "Cancelled", "cancelled before it started")
+            _expire(run, world, decision)
         return decision
     _Progress(run, world, decision).advance()
     return decision
@@ -213,7 +221,7 @@ def _choose_agents(
 
 def _pending(status: RunStatus, now: datetime, reason: str, message: str) -> None:
     status.phase = "Pending"
-    status.message = message
+    status.message = message = _bounded(message)
     _condition(status, READY, "False", reason, message, now)
     _condition(status, SUCCEEDED, "Unknown", reason, message, now)
 
@@ -255,6 +263,9 @@ class _Progress:
             (entry.name, entry.index): entry for entry in self.status.steps or []
         }
         self.free_slots = dict(world.free_slots)
+        self.for_each_steps = {
+            step.name for step in [*self.plan.steps, *(self.plan.finally_ or [])] if step.for_each
+        }
 
     # The order of checks is the order of precedence: cancel, then the run deadline, then work.
     def advance(self) -> None:
@@ -330,9 +341,9 @@ class _Progress:
         dependencies = [self._top_by_name(name) for name in step.depends_on or []]
         if any(dep.phase not in TERMINAL_STEP_PHASES for dep in dependencies):
             return
-        failed = [dep.name for dep in dependencies if dep.phase in ("Failed", "Cancelled")]
+        failed = [dep.name for dep in dependencies if _did_not_succeed(dep)]
         if failed:
-            self._end(entry, "Skipped", f"skipped: upstream {', '.join(failed)} did not succeed")
+            self._end(entry, "Skipped", f"{UPSTREAM_FAILED} {', '.join(failed)} did not succeed")
             return
         context = self._context()
         try:
@@ -372,11 +383,14 @@ class _Progress:
         return None
 
     def _context(self, item: Any = None, index: int | None = None) -> dict[str, Any]:
-        steps = {
+        steps: dict[str, Any] = {
             name: {"outputs": entry.outputs or {}}
             for (name, entry_index), entry in self.entries.items()
             if entry_index is None and entry.phase == "Succeeded"
         }
+        for name in self.for_each_steps & steps.keys():
+            if not self._has_items(self.entries[(name, None)]):
+                steps[name] = {"outputs": _EMPTY_JOIN}
         context: dict[str, Any] = {"params": self.parameters, "steps": steps}
         if index is not None:
             context["item"], context["index"] = item, index
@@ -459,7 +473,7 @@ class _Progress:
             delay = min(delay, parse_duration(backoff.max_duration))
             entry.phase = "Waiting"
             entry.next_attempt_at = self.now + delay
-            entry.message = (
+            entry.message = _bounded(
                 f"attempt {attempt} failed: {failure}; retry {attempt} of {limit} "
                 f"in {delay.total_seconds():g}s"
             )
@@ -527,16 +541,22 @@ class _Progress:
             ),
             key=lambda e: e.index or 0,
         )
+        # First learn what finished, then start items while maxParallel allows; an item waiting
+        # for its retry starts again only when there is room, like a new one.
+        for item in items:
+            if item.phase == "Running":
+                self._advance_item(step, item)
         running = sum(1 for item in items if item.phase == "Running")
         for item in items:
-            context = self._context(item.item, item.index)
-            if item.phase in ("Pending", "Waiting") and not item.attempts:
-                if step.max_parallel is not None and running >= step.max_parallel:
-                    continue
-                self._start_attempt(step, item, context, item.item)
-                running += item.phase == "Running"
-            elif item.phase in ("Running", "Waiting"):
-                self._advance_attempt(step, item, context, item.item)
+            if item.phase not in ("Pending", "Waiting"):
+                continue
+            if item.next_attempt_at is not None and self.now < item.next_attempt_at:
+                self.decision.wake_no_later_than(item.next_attempt_at)
+                continue
+            if step.max_parallel is not None and running >= step.max_parallel:
+                continue
+            self._advance_item(step, item)
+            running += item.phase == "Running"
         finished = [item for item in items if item.phase in TERMINAL_STEP_PHASES]
         entry.message = f"{len(finished)}/{len(items)} items finished"
         if len(finished) < len(items):
@@ -547,6 +567,18 @@ class _Progress:
             self._end(entry, "Failed", f"items {', '.join(failed)} failed")
         else:
             self._end(entry, "Succeeded", f"all {len(items)} items succeeded")
+
+    def _advance_item(self, step: Step, item: StepStatus) -> None:
+        context = self._context(item.item, item.index)
+        if step.child_run is not None:
+            if item.child_run_name is None:
+                self._start_child(step, item, context)
+            else:
+                self._advance_child(step, item)
+        elif item.attempts:
+            self._advance_attempt(step, item, context, item.item)
+        else:
+            self._start_attempt(step, item, context, item.item)
 
     # --- childRun: another Template as a child Run ---
 
@@ -560,12 +592,12 @@ class _Progress:
         except templating.TemplateError as error:
             self._end(entry, "Failed", f"childRun parameters: {error}")
             return
-        name = child_run_name(self.run.name, self.run.uid, step.name)
+        name = child_run_name(self.run.name, self.run.uid, step.name, entry.index)
         self.decision.create_child_runs.append(
             ChildRunRequest(
                 name=name,
                 step=step.name,
-                index=None,
+                index=entry.index,
                 template=step.child_run.template_ref.name,
                 parameters=parameters,
             )
@@ -590,11 +622,11 @@ class _Progress:
 
     def _wait(self, entry: StepStatus, message: str) -> None:
         entry.phase = "Waiting"
-        entry.message = message
+        entry.message = _bounded(message)
 
     def _end(self, entry: StepStatus, phase: str, message: str) -> None:
         entry.phase = phase  # type: ignore[assignment]
-        entry.message = message
+        entry.message = _bounded(message)
         entry.finished_at = self.now
         entry.next_attempt_at = None
 
@@ -666,7 +698,7 @@ class _Progress:
         else:
             phase, reason, message = "Running", "Running", "the Run is running"
         self.status.phase = phase  # type: ignore[assignment]
-        self.status.message = message
+        self.status.message = message = _bounded(message)
         _condition(self.status, SUCCEEDED, "Unknown", reason, message, self.now)
 
     def _approval_message(self) -> str:
@@ -694,6 +726,36 @@ class _Progress:
         self.status.progress = f"{done}/{len(tops)}"
 
 
+def _did_not_succeed(entry: StepStatus) -> bool:
+    """Failed, cancelled, or skipped because of that: a `when` skip lets dependents run."""
+    if entry.phase in ("Failed", "Cancelled"):
+        return True
+    return entry.phase == "Skipped" and (entry.message or "").startswith(UPSTREAM_FAILED)
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+class _EmptyJoin(Mapping[str, Any]):
+    """Outputs of a forEach step over no items: every key is an empty list."""
+
+    def __getitem__(self, key: str) -> list[Any]:
+        return []
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_EMPTY_JOIN = _EmptyJoin()
+
+
 def _join_outputs(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The outputs of a forEach step: every key any item reported, as a list with one entry
     per item (null where an item did not report it)."""
@@ -701,8 +763,9 @@ def _join_outputs(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: [result.get(key) for result in results] for key in keys}
 
 
-def child_run_name(parent: str, parent_uid: str, step: str) -> str:
-    return job_name(parent, parent_uid, step, None, 0).rsplit("-", 1)[0]
+def child_run_name(parent: str, parent_uid: str, step: str, index: int | None) -> str:
+    """Deterministic like Job names, so a restarted operator never starts a child twice."""
+    return job_name(parent, parent_uid, step, index, 0).rsplit("-", 1)[0]
 
 
 def _outcome(observation: JobObservation, timeout: str | None) -> tuple[dict[str, Any], str | None]:
@@ -738,13 +801,15 @@ def parse_outputs(message: str | None) -> tuple[dict[str, Any], str | None]:
         )
     if not isinstance(outputs, dict):
         return {}, f"outputs must be a JSON object, got {type(outputs).__name__}: {text[:200]}"
+    if len(outputs) > MAX_OUTPUT_KEYS:
+        return {}, f"outputs have {len(outputs)} keys, at most {MAX_OUTPUT_KEYS} are allowed"
     return outputs, None
 
 
 def _finish(status: RunStatus, now: datetime, phase: str, reason: str, message: str) -> None:
     status.phase = phase  # type: ignore[assignment]
     status.finished_at = now
-    status.message = message
+    status.message = message = _bounded(message)
     _condition(status, SUCCEEDED, "True" if phase == "Succeeded" else "False", reason, message, now)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -24,6 +25,17 @@ CONTAINER_NAME = "agent"
 # requires runAsNonRoot, and an explicit uid makes that hold for any image.
 RUN_AS_USER = 65532
 MAX_NAME = 63  # Job names end up in the job-name label of their Pods
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def label_value(text: str) -> str:
+    """text itself when it is a valid label value; else a readable prefix and a hash of it
+    (names may be 253 characters long, accounts may contain ':', '/' or '@')."""
+    if len(text) <= 63 and LABEL_VALUE.match(text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    prefix = re.sub(r"[^-A-Za-z0-9_.]", "-", text)[:52].strip("-_.")
+    return f"{prefix}-{digest}" if prefix else digest
 
 
 def job_name(run_name: str, run_uid: str, step: str, index: int | None, attempt: int) -> str:
@@ -64,11 +76,11 @@ class JobRequest:
 def build_job(run: RunRef, request: JobRequest) -> dict[str, Any]:
     agent = request.agent
     labels = {
-        RUN_LABEL: run.name,
+        RUN_LABEL: label_value(run.name),
         STEP_LABEL: request.step,
         ATTEMPT_LABEL: str(request.attempt),
-        AGENT_LABEL: request.agent_name,
-        ACCOUNT_LABEL: run.account,
+        AGENT_LABEL: label_value(request.agent_name),
+        ACCOUNT_LABEL: label_value(run.account),
         **MANAGED_BY,
     }
     if request.index is not None:

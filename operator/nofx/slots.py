@@ -16,6 +16,8 @@ RESERVATION_SECONDS = 30.0  # a Job never seen by the watch (creation failed) fr
 
 
 class AgentSlots:
+    """Keyed by namespace and the Agent's label value (what a Job's nofx.dev/agent label says)."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()  # held across counting, deciding and reserving
         self._reserved: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)

@@ -478,11 +478,6 @@ def test_parse_outputs_limits_bytes_not_characters() -> None:
     assert parse_outputs(None) == ({}, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_outputs accepts more than 32 keys, but status.steps[].outputs allows at "
-    "most 32 (maxProperties), so the API server rejects the Run's status and the Run is stuck",
-)
 def test_outputs_with_more_keys_than_the_status_allows_fail_the_step() -> None:
     too_many = {f"k{i}": i for i in range(33)}
     _, problem = parse_outputs(json.dumps(too_many))
@@ -699,11 +694,6 @@ def test_cancel_before_the_first_job_starts_nothing() -> None:
     assert sim.status.phase == "Cancelled"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decide() pins before it looks at spec.cancel, so a Run still Pending (Template "
-    "or Agent missing) ignores cancel and stays Pending",
-)
 def test_cancel_of_a_pending_run_cancels_it() -> None:
     sim = Sim(by_ref("missing"))
     sim.decide()
@@ -878,11 +868,6 @@ def test_dependents_of_a_failed_step_are_skipped_and_the_run_fails() -> None:
     assert sim.status.message == "failed steps: a: exit code 1: boom"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a step Skipped because its upstream failed does not skip its own dependents: "
-    "_try_begin treats that Skipped like a when-skip, so c starts after a failed",
-)
 def test_a_failure_skips_every_step_downstream_not_only_the_next() -> None:
     sim = Sim(inline(step("a"), step("b", "a"), step("c", "b")))
     sim.decide()
@@ -1049,12 +1034,6 @@ def test_for_each_over_an_empty_list_succeeds_at_once() -> None:
     assert [r.step for r in decision.create_jobs] == ["next"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a forEach over an empty list, {{ steps.fan.outputs.KEY }} fails "
-    "(cannot resolve) instead of giving [] (one entry per item, of no items), so the "
-    "downstream step fails",
-)
 def test_reading_a_key_of_an_empty_for_each_gives_an_empty_list() -> None:
     sim = Sim(
         inline(
@@ -1086,11 +1065,6 @@ def test_for_each_over_a_non_list_fails_the_step(value: Any, problem: str) -> No
     assert sim.status.phase == "Failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an item waiting for a retry does not count towards maxParallel, and its "
-    "retry starts without checking it, so more than maxParallel items run",
-)
 def test_max_parallel_holds_across_item_retries() -> None:
     sim = Sim(
         inline(
@@ -1113,12 +1087,6 @@ def test_max_parallel_holds_across_item_retries() -> None:
     assert len(running) <= 2, f"items {running} run at once"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a forEach step with childRun crashes decide() (assert in _start_attempt: "
-    "no agent) instead of starting one child Run per item or failing the step clearly",
-)
 def test_for_each_child_run_step_does_not_crash() -> None:
     sim = Sim(
         inline(step("fan", forEach='["x", "y"]', childRun={"templateRef": {"name": "review"}}))
@@ -1156,7 +1124,7 @@ def test_child_run_step_creates_a_child_run_and_takes_its_outputs() -> None:
     sim.decide()
     sim.succeed("plan", outputs={"task": "fix"})
     decision = sim.decide()
-    name = child_run_name("demo", RUN_UID, "sub")
+    name = child_run_name("demo", RUN_UID, "sub", None)
     assert decision.create_child_runs == [
         ChildRunRequest(
             name=name,
@@ -1177,7 +1145,7 @@ def test_child_run_step_creates_a_child_run_and_takes_its_outputs() -> None:
     )
     # Nothing new while the child runs; the same name on every decision.
     assert sim.decide().create_child_runs == []
-    assert child_run_name("demo", RUN_UID, "sub") == name
+    assert child_run_name("demo", RUN_UID, "sub", None) == name
 
     sim.child("sub", "Succeeded", outputs={"verdict": "lgtm"})
     decision = sim.decide()
@@ -1204,7 +1172,7 @@ def test_child_run_failure_fails_the_step(phase: str, message: str | None, expec
     sim.decide()
     sim.child("sub", phase, message=message)
     sim.decide()
-    name = child_run_name("demo", RUN_UID, "sub")
+    name = child_run_name("demo", RUN_UID, "sub", None)
     assert entry(sim.status, "sub").phase == "Failed"
     assert entry(sim.status, "sub").message == f"child Run {name} {expected}"
     assert entry(sim.status, "after").phase == "Skipped"
@@ -1218,18 +1186,18 @@ def test_cancel_cancels_running_child_runs() -> None:
     sim.decide()
     sim.edit(cancel=True)
     decision = sim.decide()
-    assert decision.cancel_child_runs == [child_run_name("demo", RUN_UID, "sub")]
+    assert decision.cancel_child_runs == [child_run_name("demo", RUN_UID, "sub", None)]
     assert entry(sim.status, "sub").phase == "Cancelled"
 
 
 def test_child_run_names_differ_per_step_and_parent() -> None:
     names = {
-        child_run_name("demo", RUN_UID, "a"),
-        child_run_name("demo", RUN_UID, "b"),
-        child_run_name("demo", "uid-2", "a"),
+        child_run_name("demo", RUN_UID, "a", None),
+        child_run_name("demo", RUN_UID, "b", None),
+        child_run_name("demo", "uid-2", "a", None),
     }
     assert len(names) == 3
-    long = child_run_name("p" * 253, RUN_UID, "s" * 40)
+    long = child_run_name("p" * 253, RUN_UID, "s" * 40, None)
     assert len(long) <= 63 and DNS_LABEL.match(long)
 
 
@@ -1556,11 +1524,6 @@ def test_transitions_of_waiting_pending_and_cancelled_runs() -> None:
 # --- statuses the API server accepts --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the Run's message joins every failed step's message without a bound; over "
-    "4096 characters the API server rejects the status (status.message maxLength 4096)",
-)
 def test_the_run_message_fits_the_status_even_with_many_failed_steps() -> None:
     sim = Sim(inline(*(step(f"s{i}") for i in range(10))))
     sim.decide()

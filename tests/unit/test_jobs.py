@@ -297,25 +297,17 @@ def label_values(job: dict[str, Any]) -> list[str]:
     ]
 
 
-LABEL_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: build_job copies the Run name, Agent name and account into label values; a "
-    "Run or Agent name over 63 characters, or an account with ':', '/' or '@' (allowed by the "
-    "account pattern), is not a valid label value and the API server rejects the Job",
-)
-
-
 @pytest.mark.parametrize(
     ("run_name", "agent_name", "account"),
     [
         ("demo", "coder", "acme"),
         ("r" * 63, "a" * 63, "team_ml.eu-1"),
         ("nightly.release-2030", "coder.v2", "A1"),
-        pytest.param("r" * 64, "coder", "acme", marks=LABEL_BUG, id="run-name-64"),
-        pytest.param("demo", "a" * 64, "acme", marks=LABEL_BUG, id="agent-name-64"),
-        pytest.param("demo", "coder", "acme:team-ml", marks=LABEL_BUG, id="account-colon"),
-        pytest.param("demo", "coder", "acme/ml", marks=LABEL_BUG, id="account-slash"),
-        pytest.param("demo", "coder", "ana@example.com", marks=LABEL_BUG, id="account-at"),
+        ("r" * 64, "coder", "acme"),
+        ("demo", "a" * 64, "acme"),
+        ("demo", "coder", "acme:team-ml"),
+        ("demo", "coder", "acme/ml"),
+        ("demo", "coder", "ana@example.com"),
     ],
 )
 def test_every_label_and_the_name_are_valid_for_the_api_server(

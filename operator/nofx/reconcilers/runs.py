@@ -44,6 +44,7 @@ from nofx.jobs import (
     JobObservation,
     RunRef,
     build_job,
+    label_value,
     observe_job,
     with_pod,
 )
@@ -173,7 +174,9 @@ class RunReconciler:
         agents = {n: spec for n, spec in self.indexes["agents_by_namespace"].get(namespace, [])}
         templates = dict(self.indexes["templates_by_namespace"].get(namespace, []))
         active = {
-            agent: set(self.indexes["active_jobs_by_agent"].get((namespace, agent), []))
+            agent: set(
+                self.indexes["active_jobs_by_agent"].get((namespace, label_value(agent)), [])
+            )
             for agent, spec in agents.items()
             if spec.max_concurrent_steps is not None
         }
@@ -225,7 +228,9 @@ class RunReconciler:
         with self.slots.lock:
             agents = observed.agents if old_status.pinned is None else _pinned_agents(old_status)
             free = {
-                agent: self.slots.free(namespace, agent, limit, observed.active_jobs.get(agent))
+                agent: self.slots.free(
+                    namespace, label_value(agent), limit, observed.active_jobs.get(agent)
+                )
                 for agent, limit in _limits(agents, observed.agents).items()
             }
             world = World(
@@ -238,7 +243,7 @@ class RunReconciler:
             )
             decision = decide(run, world)
             for request in decision.create_jobs:
-                self.slots.reserve(namespace, request.agent_name, request.job_name)
+                self.slots.reserve(namespace, label_value(request.agent_name), request.job_name)
         self._apply(run, body, decision, jobs)
 
     def _complete_observations(
@@ -321,7 +326,9 @@ class RunReconciler:
             metrics.STEP_ATTEMPTS.labels(outcome=attempt.outcome).inc()
         metrics.set_run_phase(key, decision.status.phase)
         for kind, name in decision.waiting_for:
-            self.waiters.add(run.namespace, kind, name, key)
+            # A freed slot is announced by a Job, whose label may hold a hash of the name.
+            thing = label_value(name) if kind == "AgentSlot" else name
+            self.waiters.add(run.namespace, kind, thing, key)
         self._wake_at(key, decision.wake_at)
 
 
@@ -379,7 +386,11 @@ def _child_run(parent: RunView, request: ChildRunRequest) -> dict[str, Any]:
         "metadata": {
             "name": request.name,
             "namespace": parent.namespace,
-            "labels": {PARENT_LABEL: parent.name, ACCOUNT_LABEL: parent.spec.account, **MANAGED_BY},
+            "labels": {
+                PARENT_LABEL: label_value(parent.name),
+                ACCOUNT_LABEL: label_value(parent.spec.account),
+                **MANAGED_BY,
+            },
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,
@@ -399,6 +410,14 @@ def _child_run(parent: RunView, request: ChildRunRequest) -> dict[str, Any]:
     }
 
 
+def owning_run(body: Any) -> str | None:
+    """Name of the Run that owns a Job or a child Run (labels may hold a hash of it)."""
+    for owner in body.get("metadata", {}).get("ownerReferences") or []:
+        if owner.get("kind") == "Run" and owner.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return str(owner["name"])
+    return None
+
+
 # --- Kopf wiring ----------------------------------------------------------------------------
 
 RECONCILER: RunReconciler | None = None
@@ -411,7 +430,8 @@ def reconciler() -> RunReconciler:
 
 @kopf.index("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
 def jobs_by_run(namespace: Any, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {(namespace, labels[RUN_LABEL]): observe_job(dict(body))}
+    owner = owning_run(body)
+    return {(namespace, owner): observe_job(dict(body))} if owner else {}
 
 
 @kopf.index("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT, AGENT_LABEL: kopf.PRESENT})
@@ -425,7 +445,7 @@ def active_jobs_by_agent(
 
 @kopf.index(GROUP, VERSION, "runs", labels={PARENT_LABEL: kopf.PRESENT})
 def child_runs_by_parent(
-    namespace: Any, name: Any, labels: kopf.Labels, status: kopf.Status, **_: Any
+    namespace: Any, name: Any, body: kopf.Body, status: kopf.Status, **_: Any
 ) -> Any:
     observation = ChildRunObservation(
         name=name,
@@ -433,7 +453,8 @@ def child_runs_by_parent(
         outputs=status.get("outputs"),
         message=status.get("message"),
     )
-    return {(namespace, labels[PARENT_LABEL]): observation}
+    parent = owning_run(body)
+    return {(namespace, parent): observation} if parent else {}
 
 
 @kopf.on.event(GROUP, VERSION, "runs")
@@ -442,7 +463,7 @@ async def run_event(
 ) -> None:
     key = (namespace, name)
     operator = reconciler()
-    parent = labels.get(PARENT_LABEL)
+    parent = owning_run(body)
     if event["type"] == "DELETED":
         operator.forget(key)
     else:
@@ -462,4 +483,6 @@ async def job_event(
     if event["type"] == "DELETED" or state != "Active":
         if agent:
             operator.trigger_soon(operator.waiters.pop(namespace, "AgentSlot", agent))
-        await operator.trigger((namespace, labels[RUN_LABEL]))
+        owner = owning_run(body)
+        if owner:
+            await operator.trigger((namespace, owner))
