@@ -88,7 +88,11 @@ def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> I
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     name = f"t-{slug}-{uuid.uuid4().hex[:5]}"
     core = client.CoreV1Api(api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Enforced "restricted" Pod Security: every step Job of every test must pass it.
+    labels = {"pod-security.kubernetes.io/enforce": "restricted"}
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
     try:
         yield name
     finally:

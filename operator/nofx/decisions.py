@@ -54,7 +54,7 @@ class RunView:
 @dataclass(frozen=True)
 class ChildRunObservation:
     name: str
-    phase: str | None
+    phase: str | None  # the child's status.phase, or "Missing" once it is known to be deleted
     outputs: dict[str, Any] | None = None
     message: str | None = None
 
@@ -609,6 +609,9 @@ class _Progress:
 
     def _advance_child(self, step: Step, entry: StepStatus) -> None:
         child = self.world.child_runs.get(entry.child_run_name or "")
+        if child is not None and child.phase == "Missing":
+            self._end(entry, "Failed", f"child Run {child.name} was deleted before it finished")
+            return
         if child is None or child.phase not in TERMINAL_RUN_PHASES:
             return
         if child.phase == "Succeeded":

@@ -85,6 +85,8 @@ def run(options: Options) -> None:
     global OPTIONS
     OPTIONS = options
     kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="k8s")
+    # Kopf logs every handled event at INFO; the reconcilers log what actually changed.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not options.namespaces,
         namespaces=list(options.namespaces),

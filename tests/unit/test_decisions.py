@@ -1179,6 +1179,18 @@ def test_child_run_failure_fails_the_step(phase: str, message: str | None, expec
     assert sim.status.phase == "Failed"
 
 
+def test_a_deleted_child_run_fails_the_step() -> None:
+    sim = hierarchical()
+    sim.decide()
+    sim.succeed("plan", outputs={"task": "fix"})
+    sim.decide()
+    sim.child("sub", "Missing")
+    sim.decide()
+    name = child_run_name("demo", RUN_UID, "sub", None)
+    assert entry(sim.status, "sub").phase == "Failed"
+    assert entry(sim.status, "sub").message == f"child Run {name} was deleted before it finished"
+
+
 def test_cancel_cancels_running_child_runs() -> None:
     sim = hierarchical()
     sim.decide()

@@ -16,6 +16,8 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+import yaml
+
 from nofx.localcluster.controlplane import ControlPlane
 from nofx.localcluster.processes import ManagedProcess, free_port, wait_until
 from nofx.localcluster.tools import REPO_ROOT, tool_path
@@ -94,15 +96,18 @@ class Demo:
 
     def run_samples(self) -> None:
         samples = REPO_ROOT / "manifests" / "samples"
-        self.kubectl("apply", "-f", str(samples / "agents.yaml"))
-        for name, outputs in SIMULATED_OUTPUTS.items():
-            annotations = {
-                "kwok.nofx.dev/duration": "1s",
-                "kwok.nofx.dev/message": json.dumps(outputs),
-            }
-            patch = json.dumps({"spec": {"podAnnotations": annotations}})
-            self.kubectl("patch", "agent", name, "--type=merge", "-p", patch, show=False)
-        print("(gave each Agent kwok annotations: its steps take 1 s and report sample outputs)")
+        self.kubectl("apply", "-f", str(samples / "prerequisites.yaml"))
+        # Applied with the kwok annotations already in, so no Run pins an Agent without them.
+        agents = list(yaml.safe_load_all((samples / "agents.yaml").read_text()))
+        for agent in agents:
+            annotations = agent["spec"].setdefault("podAnnotations", {})
+            annotations["kwok.nofx.dev/duration"] = "1s"
+            annotations["kwok.nofx.dev/message"] = json.dumps(
+                SIMULATED_OUTPUTS[agent["metadata"]["name"]]
+            )
+        print("$ kubectl apply -f manifests/samples/agents.yaml  # plus kwok annotations: each")
+        print("#   step takes 1 s and reports the sample outputs of its Agent")
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(agents), show=False)
         self.kubectl("apply", "-f", str(samples / "templates.yaml"))
         self.kubectl("apply", "-f", str(samples / "runs.yaml"))
         print()
@@ -140,11 +145,23 @@ class Demo:
                 started = datetime.fromisoformat(entry["startedAt"].replace("Z", "+00:00"))
                 finished = datetime.fromisoformat(entry["finishedAt"].replace("Z", "+00:00"))
                 seconds = f"{(finished - started).total_seconds():.1f}"
-            outputs = json.dumps(entry.get("outputs", {}))[:60]
+            outputs = json.dumps(entry.get("outputs", {}))[:60] or entry.get("message", "")
             print(
                 f"{entry['name']:<10} {entry['phase']:<10} {entry.get('attempts', 0)!s:<9} "
                 f"{seconds:<8} {outputs}"
             )
+
+    def explain_failure(self) -> None:
+        """What a person would look at first when the demo does not finish."""
+        print("\nthe demo did not finish; the state of things:", file=sys.stderr)
+        try:
+            print(self.kubectl("get", "runs,jobs", "-o", "wide", show=False), file=sys.stderr)
+            self.print_steps(DEMO_RUN)
+        except RuntimeError as error:
+            print(error, file=sys.stderr)
+        if self.operator is not None:
+            lines = self.operator.log_path.read_text(errors="replace").splitlines()
+            print("operator log (last 40 lines):", *lines[-40:], sep="\n", file=sys.stderr)
 
     def stop(self) -> None:
         if self.operator is not None:
@@ -159,6 +176,9 @@ def main() -> int:
         try:
             demo.start()
             demo.run_samples()
+        except Exception:
+            demo.explain_failure()
+            raise
         finally:
             demo.stop()
     print(f"\ndemo done in {time.monotonic() - started:.0f} s; stopped every process it started")

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import kopf
@@ -56,6 +57,7 @@ log = logging.getLogger("nofx.runs")
 RunKey = tuple[str, str]  # (namespace, name)
 PARENT_LABEL = "nofx.dev/parent-run"
 MAX_CONFLICT_RETRIES = 5
+RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass
@@ -67,34 +69,47 @@ class Observed:
     agents: dict[str, AgentSpec]
     templates: dict[str, TemplateSpec]
     active_jobs: dict[str, set[str]]  # agent name → names of its unfinished Jobs
+    waiters_version: int
 
 
-@dataclass
 class Waiters:
     """Runs waiting for something that is not a Run event: a Template or Agent to appear, or a
-    free slot of an Agent. The event that ends the wait triggers them."""
+    free slot of an Agent. The event that ends the wait triggers them.
 
-    by_thing: dict[tuple[str, str, str], set[RunKey]] = field(
-        default_factory=lambda: defaultdict(set)
-    )
+    A reconcile decides from a snapshot and registers as a waiter afterwards; if the awaited
+    event came in between, nobody would wake it. So every release bumps a version, and add()
+    tells the caller whether one happened since its snapshot: then it must look again.
+    """
 
-    def add(self, namespace: str, kind: str, name: str, run: RunKey) -> None:
-        self.by_thing[(namespace, kind, name)].add(run)
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_thing: dict[tuple[str, str, str], set[RunKey]] = defaultdict(set)
+        self.version = 0
+
+    def add(self, namespace: str, kind: str, name: str, run: RunKey, seen_version: int) -> bool:
+        with self.lock:
+            self.by_thing[(namespace, kind, name)].add(run)
+            return self.version != seen_version
 
     def pop(self, namespace: str, kind: str, name: str) -> set[RunKey]:
-        return self.by_thing.pop((namespace, kind, name), set())
+        with self.lock:
+            self.version += 1
+            return self.by_thing.pop((namespace, kind, name), set())
 
     def pop_kind(self, namespace: str, kind: str) -> set[RunKey]:
         """Every Run of the namespace waiting for something of this kind (an Agent chosen by
         skills has no name to wait for)."""
-        runs: set[RunKey] = set()
-        for thing in [t for t in self.by_thing if t[0] == namespace and t[1] == kind]:
-            runs |= self.by_thing.pop(thing)
-        return runs
+        with self.lock:
+            self.version += 1
+            runs: set[RunKey] = set()
+            for thing in [t for t in self.by_thing if t[0] == namespace and t[1] == kind]:
+                runs |= self.by_thing.pop(thing)
+            return runs
 
     def forget(self, run: RunKey) -> None:
-        for waiting in self.by_thing.values():
-            waiting.discard(run)
+        with self.lock:
+            for waiting in self.by_thing.values():
+                waiting.discard(run)
 
 
 class RunReconciler:
@@ -108,6 +123,7 @@ class RunReconciler:
         self._timers: dict[RunKey, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self._failures: dict[RunKey, int] = {}
 
     # --- triggering (event loop) ---
 
@@ -122,7 +138,18 @@ class RunReconciler:
         try:
             while True:
                 observed = self._observe(key)
-                await asyncio.to_thread(self._reconcile, key, body, observed)
+                try:
+                    await asyncio.to_thread(self._reconcile, key, body, observed)
+                    self._failures.pop(key, None)
+                except Exception:
+                    # An API server restarting, a timeout: try again later, with backoff; the
+                    # decision is recomputed from scratch, so a retry never repeats work.
+                    failures = self._failures[key] = self._failures.get(key, 0) + 1
+                    delay = min(RETRY_MAX_SECONDS, 0.5 * 2**failures)
+                    log.exception(
+                        "reconcile failed; retrying in %.1f s", delay, extra={"run": key[1]}
+                    )
+                    self._wake_at(key, datetime.now(UTC) + timedelta(seconds=delay))
                 if key not in self._again:
                     return
                 body = self._again.pop(key)
@@ -134,6 +161,7 @@ class RunReconciler:
             self._spawn(key)
 
     def forget(self, key: RunKey) -> None:
+        self._failures.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer:
             timer.cancel()
@@ -180,7 +208,7 @@ class RunReconciler:
             for agent, spec in agents.items()
             if spec.max_concurrent_steps is not None
         }
-        return Observed(jobs, children, agents, templates, active)
+        return Observed(jobs, children, agents, templates, active, self.waiters.version)
 
     # --- reconciling (worker thread) ---
 
@@ -225,6 +253,7 @@ class RunReconciler:
             template = observed.templates.get(spec.template_ref.name)
         now = datetime.now(UTC)
         jobs = self._complete_observations(namespace, old_status, observed.jobs)
+        children = self._complete_children(namespace, old_status, observed.child_runs)
         with self.slots.lock:
             agents = observed.agents if old_status.pinned is None else _pinned_agents(old_status)
             free = {
@@ -238,13 +267,13 @@ class RunReconciler:
                 template=template,
                 agents=observed.agents,
                 jobs=jobs,
-                child_runs=observed.child_runs,
+                child_runs=children,
                 free_slots=free,
             )
             decision = decide(run, world)
             for request in decision.create_jobs:
                 self.slots.reserve(namespace, label_value(request.agent_name), request.job_name)
-        self._apply(run, body, decision, jobs)
+        self._apply(run, body, decision, jobs, observed.waiters_version)
 
     def _complete_observations(
         self, namespace: str, status: RunStatus, indexed: dict[str, JobObservation]
@@ -264,12 +293,35 @@ class RunReconciler:
             jobs[job.name] = job
         return jobs
 
+    def _complete_children(
+        self, namespace: str, status: RunStatus, indexed: dict[str, ChildRunObservation]
+    ) -> dict[str, ChildRunObservation]:
+        """Tells a child Run the index has not seen yet from one that was deleted."""
+        children = dict(indexed)
+        for entry in status.steps or []:
+            name = entry.child_run_name
+            if entry.phase != "Running" or not name or name in children:
+                continue
+            stored = self.kube.get("runs", namespace, name)
+            if stored is None:
+                children[name] = ChildRunObservation(name=name, phase="Missing")
+            else:
+                stored_status = stored.get("status") or {}
+                children[name] = ChildRunObservation(
+                    name=name,
+                    phase=stored_status.get("phase"),
+                    outputs=stored_status.get("outputs"),
+                    message=stored_status.get("message"),
+                )
+        return children
+
     def _apply(
         self,
         run: RunView,
         body: dict[str, Any],
         decision: Decision,
         jobs: dict[str, JobObservation],
+        waiters_version: int,
     ) -> None:
         key = (run.namespace, run.name)
         if decision.delete_run:
@@ -325,10 +377,13 @@ class RunReconciler:
         for attempt in decision.finished_attempts:
             metrics.STEP_ATTEMPTS.labels(outcome=attempt.outcome).inc()
         metrics.set_run_phase(key, decision.status.phase)
+        missed = False
         for kind, name in decision.waiting_for:
             # A freed slot is announced by a Job, whose label may hold a hash of the name.
             thing = label_value(name) if kind == "AgentSlot" else name
-            self.waiters.add(run.namespace, kind, thing, key)
+            missed |= self.waiters.add(run.namespace, kind, thing, key, waiters_version)
+        if missed and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._spawn, key)
         self._wake_at(key, decision.wake_at)
 
 
