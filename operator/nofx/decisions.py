@@ -273,11 +273,11 @@ class _Progress:
             self._stop_everything("Cancelled", "Cancelled", "cancelled by spec.cancel")
             return
         deadline = self._deadline()
-        if deadline is not None and self.now >= deadline:
-            timeout = self.plan.timeout
-            self._stop_everything("Failed", "Timeout", f"the Run exceeded its timeout of {timeout}")
-            return
-        if deadline is not None:
+        timed_out = deadline is not None and self.now >= deadline
+        if timed_out:
+            # The main steps stop; finally steps still run, as cleanup must (as in Tekton).
+            self._stop(self.plan.steps, f"the Run exceeded its timeout of {self.plan.timeout}")
+        elif deadline is not None:
             self.decision.wake_no_later_than(deadline)
 
         self._advance_list(self.plan.steps)
@@ -286,7 +286,7 @@ class _Progress:
             self._advance_list(self.plan.finally_ or [])
         everything = [*self.plan.steps, *(self.plan.finally_ or [])]
         if main_done and all(self._top(s).phase in TERMINAL_STEP_PHASES for s in everything):
-            self._complete(everything)
+            self._complete(everything, timed_out)
         else:
             self._running_phase()
         self._write_back()
@@ -634,7 +634,17 @@ class _Progress:
         entry.next_attempt_at = None
 
     def _stop_everything(self, phase: str, reason: str, message: str) -> None:
-        for entry in self.entries.values():
+        self._stop([*self.plan.steps, *(self.plan.finally_ or [])], message)
+        self._write_back()
+        _finish(self.status, self.now, phase, reason, message)
+        self._schedule_expiry()
+
+    def _stop(self, steps: list[Step], message: str) -> None:
+        """Running work of these steps is cancelled, work not started is skipped."""
+        names = {step.name for step in steps}
+        for (name, _), entry in self.entries.items():
+            if name not in names:
+                continue
             if entry.phase == "Running":
                 if entry.job_name and entry.job_name not in self.decision.delete_jobs:
                     self.decision.delete_jobs.append(entry.job_name)
@@ -643,17 +653,17 @@ class _Progress:
                 self._end(entry, "Cancelled", message)
             elif entry.phase in ("Pending", "Waiting"):
                 self._end(entry, "Skipped", message)
-        self._write_back()
-        _finish(self.status, self.now, phase, reason, message)
-        self._schedule_expiry()
 
-    def _complete(self, everything: list[Step]) -> None:
+    def _complete(self, everything: list[Step], timed_out: bool) -> None:
         failed = [s.name for s in everything if self._top(s).phase in ("Failed", "Cancelled")]
         outputs, problems = self._plan_outputs()
         if problems:
             failed.append("outputs")
         self.status.outputs = outputs or None
-        if failed:
+        if timed_out:
+            message = f"the Run exceeded its timeout of {self.plan.timeout}"
+            _finish(self.status, self.now, "Failed", "Timeout", message)
+        elif failed:
             detail = "; ".join(
                 f"{name}: {self._top_by_name(name).message}" for name in failed if name != "outputs"
             )

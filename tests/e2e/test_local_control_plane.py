@@ -33,7 +33,22 @@ def job_manifest(name: str, annotations: dict[str, str] | None = None) -> str:
                     "metadata": {"annotations": annotations or {}},
                     "spec": {
                         "restartPolicy": "Never",
-                        "containers": [{"name": "main", "image": "example.invalid/step:1"}],
+                        # Test namespaces enforce the restricted Pod Security Standard.
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [
+                            {
+                                "name": "main",
+                                "image": "example.invalid/step:1",
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]},
+                                },
+                            }
+                        ],
                     },
                 },
             },

@@ -647,6 +647,21 @@ def test_run_timeout_stops_everything_at_the_deadline() -> None:
     assert decision.create_jobs == []
 
 
+def test_finally_steps_still_run_after_the_run_timeout() -> None:
+    tpl = template(step("a"), timeout="1h", **{"finally": [step("cleanup")]})
+    sim = Sim(by_ref(), template=tpl)
+    sim.decide()
+    sim.tick(3600)
+    decision = sim.decide()
+    assert phases(sim.status) == {"a": "Cancelled", "cleanup": "Running"}
+    assert [job.step for job in decision.create_jobs] == ["cleanup"]
+    assert sim.status.phase == "Running"
+    sim.succeed("cleanup")
+    sim.decide()
+    assert sim.status.phase == "Failed"
+    assert condition(sim.status, "Succeeded")[:2] == ("False", "Timeout")
+
+
 def test_run_spec_timeout_overrides_the_template_timeout() -> None:
     sim = Sim(by_ref(timeout="30m"), template=template(step("a"), timeout="1h"))
     decision = sim.decide()
