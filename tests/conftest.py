@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -71,6 +72,7 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(server.directory.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,39 @@
-"""`nofx`: run the operator, and act on Runs the way a person would (approve, cancel)."""
+"""`nofx`: run the operator; act on Runs the way a person would (approve, cancel); read the
+Postgres mirror (audit, usage) and roll an Agent or Template back to an earlier spec."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
+from datetime import UTC, datetime
 
 from kubernetes.client.exceptions import ApiException
 
 from nofx import kube
+from nofx.mirror.store import Store
+
+
+class CliError(Exception):
+    """A mistake the person can fix; printed without a traceback."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.handler(args)
+        return result
+    except CliError as error:
+        print(f"nofx {args.command}: {error}", file=sys.stderr)
+        return 1
+    except ApiException as error:
+        print(f"nofx {args.command}: {error.status} {error.reason}: {error.body}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nofx", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -32,78 +53,224 @@ def main(argv: list[str] | None = None) -> int:
         default=60,
         help="seconds after which a replica that stopped answering is taken for dead",
     )
+    _database_options(operator)
+    operator.set_defaults(handler=_operator)
 
     for name, text in (("approve", "approve a gated step of a Run"), ("cancel", "cancel a Run")):
         command = commands.add_parser(name, help=text)
         command.add_argument("run", help="name of the Run")
-        command.add_argument("-n", "--namespace", default="default")
-        command.add_argument("--kubeconfig")
+        _cluster_options(command)
         if name == "approve":
             command.add_argument("--step", required=True, help="the step to approve")
             command.add_argument("--by", default=getpass.getuser(), help="who approves")
             command.add_argument("--message", help="why, or under which conditions")
+            command.set_defaults(handler=_approve)
+        else:
+            command.set_defaults(handler=_cancel)
 
-    args = parser.parse_args(argv)
-    if args.command == "operator":
-        if args.kubeconfig:
-            # Kopf logs in through the same file; the client library reads this at import.
-            os.environ["KUBECONFIG"] = args.kubeconfig
-        from nofx import operator as operator_process  # imports Kopf handlers only when needed
+    db = commands.add_parser("db", help="the Postgres mirror's schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    migrate = db_commands.add_parser("migrate", help="apply pending migrations (safe to repeat)")
+    _database_options(migrate)
+    migrate.set_defaults(handler=_migrate)
 
-        operator_process.run(
-            operator_process.Options(
-                namespaces=tuple(args.namespace),
-                kubeconfig=args.kubeconfig,
-                metrics_port=args.metrics_port,
-                health_port=args.health_port,
-                standalone=args.standalone,
-                peering_lifetime=args.peering_lifetime,
-            )
+    audit = commands.add_parser(
+        "audit", help="a Run's audit timeline, or `audit verify [RUN]` to check the hash chains"
+    )
+    audit.add_argument("run", help="name of the Run, or `verify`")
+    audit.add_argument("target", nargs="?", help="with verify: only this Run")
+    audit.add_argument("-n", "--namespace", default="default")
+    audit.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _database_options(audit)
+    audit.set_defaults(handler=_audit)
+
+    usage = commands.add_parser("usage", help="metered usage per agent and day")
+    usage.add_argument("--account", required=True)
+    usage.add_argument("--since", required=True, help="ISO date or time, e.g. 2026-11-01")
+    usage.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _database_options(usage)
+    usage.set_defaults(handler=_usage)
+
+    for kind in ("agent", "template"):
+        command = commands.add_parser(kind, help=f"{kind} history")
+        actions = command.add_subparsers(dest="action", required=True)
+        history = actions.add_parser("history", help="every recorded spec version")
+        rollback = actions.add_parser("rollback", help="re-apply an earlier spec version")
+        rollback.add_argument("--to", type=int, required=True, metavar="VERSION")
+        for action in (history, rollback):
+            action.add_argument("name")
+            _cluster_options(action)
+            _database_options(action)
+            action.set_defaults(handler=_history if action is history else _rollback, kind=kind)
+    return parser
+
+
+def _cluster_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("-n", "--namespace", default="default")
+    command.add_argument("--kubeconfig")
+
+
+def _database_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--database-url",
+        default=os.environ.get("NOFX_DATABASE_URL"),
+        help="Postgres DSN of the mirror (default: $NOFX_DATABASE_URL)",
+    )
+    command.add_argument(
+        "--region",
+        default=os.environ.get("NOFX_REGION", "local"),
+        help="region written into every mirrored row (default: $NOFX_REGION or local)",
+    )
+
+
+def _store(args: argparse.Namespace) -> Store:
+    if not args.database_url:
+        raise CliError("no database: pass --database-url or set NOFX_DATABASE_URL")
+    return Store(args.database_url, args.region)
+
+
+def _operator(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    from nofx import operator as operator_process  # imports Kopf handlers only when needed
+
+    operator_process.run(
+        operator_process.Options(
+            namespaces=tuple(args.namespace),
+            kubeconfig=args.kubeconfig,
+            metrics_port=args.metrics_port,
+            health_port=args.health_port,
+            standalone=args.standalone,
+            peering_lifetime=args.peering_lifetime,
+            database_url=args.database_url,
+            region=args.region,
         )
-        return 0
-    client = kube.Kube(kube.load_config(args.kubeconfig))
-    try:
-        if args.command == "cancel":
-            return _cancel(client, args.namespace, args.run)
-        return _approve(client, args.namespace, args.run, args.step, args.by, args.message)
-    except ApiException as error:
-        print(f"nofx {args.command}: {error.reason}: {error.body}", file=sys.stderr)
-        return 1
-
-
-def _cancel(client: kube.Kube, namespace: str, name: str) -> int:
-    if client.get("runs", namespace, name) is None:
-        print(f"nofx cancel: Run {namespace}/{name} not found", file=sys.stderr)
-        return 1
-    client.patch_spec("runs", namespace, name, {"cancel": True})
-    print(f"run.nofx.dev/{name} cancel requested")
+    )
     return 0
 
 
-def _approve(
-    client: kube.Kube, namespace: str, name: str, step: str, by: str, message: str | None
-) -> int:
-    run = client.get("runs", namespace, name)
+def _client(args: argparse.Namespace) -> kube.Kube:
+    return kube.Kube(kube.load_config(args.kubeconfig))
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if client.get("runs", args.namespace, args.run) is None:
+        raise CliError(f"Run {args.namespace}/{args.run} not found")
+    client.patch_spec("runs", args.namespace, args.run, {"cancel": True})
+    print(f"run.nofx.dev/{args.run} cancel requested")
+    return 0
+
+
+def _approve(args: argparse.Namespace) -> int:
+    client = _client(args)
+    run = client.get("runs", args.namespace, args.run)
     if run is None:
-        print(f"nofx approve: Run {namespace}/{name} not found", file=sys.stderr)
-        return 1
-    spec = run.get("spec") or {}
-    approvals = list(spec.get("approvals") or [])
-    if any(approval.get("step") == step for approval in approvals):
-        print(f"run.nofx.dev/{name} step {step} was already approved")
+        raise CliError(f"Run {args.namespace}/{args.run} not found")
+    approvals = list((run.get("spec") or {}).get("approvals") or [])
+    if any(approval.get("step") == args.step for approval in approvals):
+        print(f"run.nofx.dev/{args.run} step {args.step} was already approved")
         return 0
     steps = [s.get("name") for s in (run.get("status") or {}).get("steps") or []]
-    if steps and step not in steps:
+    if steps and args.step not in steps:
+        raise CliError(f"Run {args.run} has no step {args.step} (steps: {', '.join(steps)})")
+    approval = {"step": args.step, "approvedBy": args.by}
+    if args.message:
+        approval["message"] = args.message
+    client.patch_spec("runs", args.namespace, args.run, {"approvals": [*approvals, approval]})
+    print(f"run.nofx.dev/{args.run} step {args.step} approved by {args.by}")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        applied = store.migrate()
+    print("applied: " + ", ".join(applied) if applied else "the schema is up to date")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        return _audit_with(store, args)
+
+
+def _audit_with(store: Store, args: argparse.Namespace) -> int:
+    if args.run == "verify":
+        stream = None
+        if args.target:
+            events = store.timeline(args.namespace, args.target)
+            if not events:
+                raise CliError(f"no audit events for Run {args.namespace}/{args.target}")
+            stream = events[-1]["stream"]
+        problems = store.verify(stream)
+        for problem in problems:
+            print(problem)
+        if problems:
+            return 1
+        print("every hash chain verifies" if stream is None else f"the chain of {stream} verifies")
+        return 0
+    events = store.timeline(args.namespace, args.run)
+    if not events:
+        raise CliError(f"no audit events for Run {args.namespace}/{args.run}")
+    if args.output == "json":
+        print(json.dumps(events, default=str, indent=2))
+        return 0
+    print(f"{'SEQ':>4}  {'TIME':<26} {'REASON':<15} {'STEP':<16} MESSAGE")
+    for event in events:
+        step = event["step"] or ""
+        if event["item_index"] is not None:
+            step += f"[{event['item_index']}]"
+        at = event["at"].isoformat(timespec="milliseconds")
+        print(f"{event['seq']:>4}  {at:<26} {event['reason']:<15} {step:<16} {event['message']}")
+    return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    since = datetime.fromisoformat(args.since)
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    with _store(args) as store:
+        rows = store.usage(args.account, since)
+    if args.output == "json":
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    print(f"{'DAY':<11} {'AGENT':<20} {'ATTEMPTS':>8} {'SECONDS':>10} {'COST':>14}")
+    for row in rows:
         print(
-            f"nofx approve: Run {name} has no step {step} (steps: {', '.join(steps)})",
-            file=sys.stderr,
+            f"{row['day']!s:<11} {row['agent']:<20} {row['attempts']:>8} "
+            f"{row['wall_seconds']:>10.1f} {row['cost']!s:>10} {row['currency']}"
         )
-        return 1
-    approval = {"step": step, "approvedBy": by}
-    if message:
-        approval["message"] = message
-    client.patch_spec("runs", namespace, name, {"approvals": [*approvals, approval]})
-    print(f"run.nofx.dev/{name} step {step} approved by {by}")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        versions = store.versions(args.kind.capitalize(), args.namespace, args.name)
+    if not versions:
+        raise CliError(f"no recorded versions of {args.kind} {args.namespace}/{args.name}")
+    print(f"{'VERSION':>7}  {'RECORDED':<26} SPEC HASH")
+    for version, spec_hash, at, _spec in versions:
+        print(f"{version:>7}  {at.isoformat(timespec='seconds'):<26} {spec_hash[:16]}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    versions = {
+        v[0]: v for v in _store(args).versions(args.kind.capitalize(), args.namespace, args.name)
+    }
+    if args.to not in versions:
+        known = ", ".join(str(v) for v in sorted(versions)) or "none"
+        raise CliError(f"{args.kind} {args.name} has no version {args.to} (versions: {known})")
+    spec = versions[args.to][3]
+    try:
+        _client(args).replace_spec(f"{args.kind}s", args.namespace, args.name, spec)
+    except LookupError as error:
+        raise CliError(
+            f"{args.kind} {args.namespace}/{args.name} not found in the cluster"
+        ) from error
+    except kube.Conflict as error:
+        raise CliError(f"{args.kind} {args.name} changed meanwhile; try again") from error
+    print(f"{args.kind}.nofx.dev/{args.name} rolled back to version {args.to}")
     return 0
 
 

@@ -37,6 +37,7 @@ MAX_OUTPUT_BYTES = 4096  # the kubelet's own limit on a termination message
 MAX_OUTPUT_KEYS = 32  # status.steps[].outputs maxProperties
 MAX_MESSAGE = 4096  # status messages' maxLength
 UPSTREAM_FAILED = "skipped: upstream"
+MIRROR_WAIT = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ class AttemptFinished:
     wall_seconds: float
     cost: Decimal
     currency: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    cpu_request: str | None = None
+    memory_request: str | None = None
 
 
 @dataclass
@@ -235,7 +240,11 @@ def _expire(run: RunView, world: World, decision: Decision) -> None:
     if ttl is None or finished is None:
         return
     deadline = finished + timedelta(seconds=ttl)
-    if world.now >= deadline:
+    outbox = decision.status.audit
+    if world.now >= deadline and outbox is not None and outbox.pending:
+        # Deleting now would lose what the Postgres mirror has not stored yet.
+        decision.wake_no_later_than(world.now + MIRROR_WAIT)
+    elif world.now >= deadline:
         decision.delete_run = True
     else:
         decision.wake_no_later_than(deadline)
@@ -486,7 +495,9 @@ class _Progress:
         self, step: Step, entry: StepStatus, observation: JobObservation, outcome: str
     ) -> None:
         agent_name = agent_for(step, self.agents) or ""
-        pricing = self.agents[agent_name].pricing if agent_name in self.agents else None
+        agent = self.agents.get(agent_name)
+        pricing = agent.pricing if agent else None
+        requests = agent.resources.requests if agent and agent.resources else None
         started, finished = observation.started_at, observation.finished_at or self.now
         wall = max(0.0, (finished - started).total_seconds()) if started else 0.0
         per_hour = Decimal(pricing.per_hour) if pricing else Decimal(0)
@@ -510,6 +521,10 @@ class _Progress:
                 wall_seconds=wall,
                 cost=cost,
                 currency=currency,
+                started_at=started,
+                finished_at=finished,
+                cpu_request=requests.cpu if requests else None,
+                memory_request=requests.memory if requests else None,
             )
         )
 

@@ -94,6 +94,22 @@ class Kube:
             if error.status != 404:
                 raise
 
+    def replace_spec(self, plural: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """Replaces the whole spec (fields missing from it go away), unless the object changed
+        since it was read (Conflict)."""
+        body = self.get(plural, namespace, name)
+        if body is None:
+            raise LookupError(f"{plural}/{name} not found")
+        body["spec"] = spec
+        try:
+            self.custom.replace_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(f"{plural}/{name} changed") from error
+            raise
+
     def delete(self, plural: str, namespace: str, name: str) -> None:
         try:
             self.custom.delete_namespaced_custom_object(

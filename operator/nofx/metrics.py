@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -55,3 +55,17 @@ class _RunsByPhase(Collector):
 
 
 REGISTRY.register(_RunsByPhase())
+
+MIRROR_EVENTS = Counter("nofx_mirror_events_total", "Audit events written to Postgres.")
+MIRROR_ERRORS = Counter("nofx_mirror_errors_total", "Failed mirror writes (each is retried).")
+MIRROR_WRITE_SECONDS = Histogram(
+    "nofx_mirror_write_seconds", "Time of one batched mirror write.", buckets=LATENCY_BUCKETS
+)
+MIRROR_LAG_SECONDS = Histogram(
+    "nofx_mirror_lag_seconds",
+    "From an audit event happening to its row being in Postgres.",
+    buckets=LATENCY_BUCKETS,
+)
+MIRROR_PENDING_AGE = Gauge(
+    "nofx_mirror_pending_age_seconds", "Age of the oldest event not yet in Postgres."
+)

@@ -14,6 +14,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from nofx import kube
+from nofx.mirror.store import Store
+from nofx.mirror.writer import MirrorWriter
 from nofx.reconcilers import agents, runs, templates  # noqa: F401 - importing registers handlers
 
 log = logging.getLogger("nofx.operator")
@@ -36,6 +38,8 @@ class Options:
     health_port: int = 8080
     standalone: bool = False  # no peering: for one replica, or a cluster without the CRD
     peering_lifetime: int = 60  # seconds a silent replica is still taken for alive
+    database_url: str | None = None  # the Postgres mirror; none: no mirror
+    region: str = "local"
     workers: int = 16
 
 
@@ -65,9 +69,28 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     )
     reconciler = runs.RunReconciler(kube.Kube(kube.load_config(OPTIONS.kubeconfig)))
     reconciler.indexes = {name: kwargs[name] for name in INDEXES}
+    if OPTIONS.database_url:
+        # Opening the pool does not wait for Postgres: the operator runs while it is down.
+        store = Store(OPTIONS.database_url, OPTIONS.region)
+        reconciler.mirror = MirrorWriter(store, reconciler.kube)
+        reconciler.mirror.start()
     runs.RECONCILER = reconciler
     start_http_server(OPTIONS.metrics_port)
-    log.info("operator started", extra={"namespaces": list(OPTIONS.namespaces) or "all"})
+    log.info(
+        "operator started",
+        extra={
+            "namespaces": list(OPTIONS.namespaces) or "all",
+            "region": OPTIONS.region,
+            "mirror": bool(OPTIONS.database_url),
+        },
+    )
+
+
+@kopf.on.cleanup()
+def cleanup(**_: Any) -> None:
+    reconciler = runs.RECONCILER
+    if reconciler is not None and reconciler.mirror is not None:
+        reconciler.mirror.stop()
 
 
 @kopf.on.login()

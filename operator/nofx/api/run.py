@@ -1,7 +1,7 @@
 """Run: one execution of a Template, or of an inline plan, with its parameters."""
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -235,6 +235,19 @@ class StepStatus(ApiModel):
     )
 
 
+class AuditOutbox(ApiModel):
+    """Audit events and usage records not yet stored in Postgres. They are written here in the
+    same update as the change they describe, so none is lost if the operator dies or Postgres is
+    down; the mirror removes them once Postgres has them."""
+
+    next_seq: int = Field(1, ge=1, description="Sequence number of the Run's next audit event.")
+    pending: list[Annotated[dict[str, Any], Field(max_length=32)]] | None = Field(
+        None,
+        max_length=5000,
+        description="Events and usage records waiting to be mirrored to Postgres.",
+    )
+
+
 class Usage(ApiModel):
     """Metered usage: wall time of the Run's steps and its cost."""
 
@@ -279,6 +292,10 @@ class RunStatus(ApiModel):
     )
     message: Text | None = Field(
         default=None, description="Summary of the state, e.g. why it failed."
+    )
+    audit: AuditOutbox | None = Field(
+        default=None,
+        description="What the Postgres mirror has not stored yet (only with a mirror).",
     )
 
 

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from nofx import validation
 from nofx.api.agent import AgentSpec
 from nofx.api.common import GROUP, VERSION
+from nofx.mirror.writer import offer_registry_event
 from nofx.reconcilers import status_patch
 from nofx.reconcilers.runs import reconciler
 from nofx.reconcilers.templates import refresh_templates
@@ -30,6 +31,10 @@ async def agent_event(
     event: kopf.RawEvent, body: kopf.Body, namespace: Any, name: Any, **_: Any
 ) -> None:
     operator = reconciler()
+    raw_spec = dict(body.get("spec") or {})
+    offer_registry_event(
+        operator.mirror, "Agent", event["type"], dict(body), validation.spec_hash(raw_spec)
+    )
     if event["type"] != "DELETED":
         await asyncio.to_thread(_update_status, operator.kube, dict(body))
     # A new or changed Agent may be what a Run or a Template was missing.

@@ -50,6 +50,8 @@ from nofx.jobs import (
     with_pod,
 )
 from nofx.kube import Conflict, Kube
+from nofx.mirror import outbox
+from nofx.mirror.writer import MirrorWriter
 from nofx.slots import AgentSlots
 
 log = logging.getLogger("nofx.runs")
@@ -124,6 +126,7 @@ class RunReconciler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._failures: dict[RunKey, int] = {}
+        self.mirror: MirrorWriter | None = None  # set when a Postgres mirror is configured
 
     # --- triggering (event loop) ---
 
@@ -350,6 +353,9 @@ class RunReconciler:
         for child_name in decision.cancel_child_runs:
             self.kube.patch_spec("runs", run.namespace, child_name, {"cancel": True})
 
+        changes = transitions(run.status, decision.status)
+        if self.mirror is not None:
+            outbox.record(decision.status, changes, decision.finished_attempts, datetime.now(UTC))
         new_status = decision.status.to_dict()
         if new_status != run.status.to_dict():
             stored = self.kube.patch_status(
@@ -357,7 +363,7 @@ class RunReconciler:
             )
             if stored is None:
                 return
-            for change in transitions(run.status, decision.status):
+            for change in changes:
                 kopf.event(
                     kopf.Body(cast(kopf.RawBody, body)),
                     type="Warning" if change.warning else "Normal",
@@ -522,6 +528,10 @@ async def run_event(
     if event["type"] == "DELETED":
         operator.forget(key)
     else:
+        if operator.mirror is not None and (body.get("status") or {}).get("audit", {}).get(
+            "pending"
+        ):
+            operator.mirror.offer_run(dict(body))
         await operator.trigger(key, dict(body))
     if parent:
         await operator.trigger((namespace, parent))

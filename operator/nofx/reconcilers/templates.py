@@ -15,6 +15,7 @@ from nofx.api.common import GROUP, VERSION
 from nofx.api.template import TemplateSpec
 from nofx.decisions import agent_for
 from nofx.kube import Kube
+from nofx.mirror.writer import offer_registry_event
 from nofx.reconcilers import status_patch
 from nofx.reconcilers.runs import reconciler
 
@@ -32,6 +33,10 @@ async def template_event(
     event: kopf.RawEvent, body: kopf.Body, namespace: Any, name: Any, **_: Any
 ) -> None:
     operator = reconciler()
+    raw_spec = dict(body.get("spec") or {})
+    offer_registry_event(
+        operator.mirror, "Template", event["type"], dict(body), validation.spec_hash(raw_spec)
+    )
     if event["type"] != "DELETED":
         agents = dict(operator.indexes["agents_by_namespace"].get(namespace, []))
         await asyncio.to_thread(update_status, operator.kube, dict(body), agents)

@@ -1,0 +1,17 @@
+-- Run on each REGION's database, after `nofx db migrate` created the tables:
+--   psql "$REGION_DSN" -v ON_ERROR_STOP=1 -f publication.sql
+-- Publishes every mirrored table (not schema_migrations, which is local to each database).
+-- Safe to run twice.
+--
+-- TRUNCATE is deliberately not published: a replicated TRUNCATE empties the whole table on the
+-- global subscriber, the rows of every region with it. Inserts, updates (the runs upsert) and
+-- deletes are replicated row by row, keyed by primary keys that start with region.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = 'nofx_mirror') THEN
+        CREATE PUBLICATION nofx_mirror
+            FOR TABLE runs, audit_events, usage_records, spec_versions
+            WITH (publish = 'insert, update, delete');
+    END IF;
+END
+$$;

@@ -1,0 +1,1 @@
+"""The Postgres mirror: audit trail with hash chains, usage for billing, spec history."""

@@ -1,0 +1,149 @@
+"""The Run's audit outbox, kept in its own status: pure functions over plain data.
+
+Each reconcile appends the transitions and finished attempts it decided to `status.audit.pending`
+in the same status update that makes them true, numbering events per Run. The mirror writes
+them to Postgres (idempotently, keyed by Run uid and sequence number) and only then removes them.
+So nothing is lost when the operator dies or Postgres is down, and nothing is written twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from nofx.api.run import AuditOutbox, RunStatus
+from nofx.decisions import AttemptFinished, Transition
+from nofx.mirror.records import AuditEvent, UsageRecord
+
+EVENT = "event"
+USAGE = "usage"
+OPERATOR_ACTOR = "nofx-operator"
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def record(
+    status: RunStatus,
+    changes: Iterable[Transition],
+    attempts: Iterable[AttemptFinished],
+    now: datetime,
+    actor: str = OPERATOR_ACTOR,
+) -> None:
+    """Appends what happened to the status' outbox."""
+    pending = list(status.audit.pending or []) if status.audit else []
+    seq = status.audit.next_seq if status.audit else 1
+    for change in changes:
+        pending.append(
+            {
+                "type": EVENT,
+                "seq": seq,
+                "at": _time(now),
+                "reason": change.reason,
+                "message": change.message,
+                "step": change.step,
+                "index": change.index,
+                "attempt": change.attempt,
+                "from": change.from_phase,
+                "to": change.to_phase,
+                "actor": actor,
+            }
+        )
+        seq += 1
+    for attempt in attempts:
+        pending.append(
+            {
+                "type": USAGE,
+                "step": attempt.step,
+                "index": attempt.index,
+                "attempt": attempt.attempt,
+                "job": attempt.job_name,
+                "agent": attempt.agent,
+                "startedAt": _time(attempt.started_at),
+                "finishedAt": _time(attempt.finished_at),
+                "wallSeconds": attempt.wall_seconds,
+                "cpu": attempt.cpu_request,
+                "memory": attempt.memory_request,
+                "cost": str(attempt.cost),
+                "currency": attempt.currency,
+            }
+        )
+    if pending or status.audit is not None:
+        status.audit = AuditOutbox.model_validate({"nextSeq": seq, "pending": pending or None})
+
+
+def usage_key(entry: dict[str, Any]) -> tuple[str, int, int]:
+    return entry["step"], -1 if entry.get("index") is None else entry["index"], entry["attempt"]
+
+
+def entry_key(entry: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies an outbox entry: the event's sequence number, the usage's attempt."""
+    if entry["type"] == EVENT:
+        return (EVENT, entry["seq"])
+    return (USAGE, *usage_key(entry))
+
+
+def acknowledge(
+    pending: list[dict[str, Any]], stored: set[tuple[Any, ...]]
+) -> list[dict[str, Any]]:
+    """The entries still to store once those with keys in `stored` are in Postgres."""
+    return [entry for entry in pending if entry_key(entry) not in stored]
+
+
+def to_records(
+    body: dict[str, Any], pending: list[dict[str, Any]]
+) -> tuple[list[AuditEvent], list[UsageRecord]]:
+    """The outbox entries of one Run as rows for the store."""
+    metadata, spec = body["metadata"], body.get("spec") or {}
+    uid, namespace, name = metadata["uid"], metadata["namespace"], metadata["name"]
+    events, usage = [], []
+    for entry in pending:
+        if entry["type"] == EVENT:
+            events.append(
+                AuditEvent(
+                    stream=f"run/{uid}",
+                    seq=entry["seq"],
+                    at=datetime.fromisoformat(entry["at"]),
+                    kind="Run",
+                    namespace=namespace,
+                    name=name,
+                    uid=uid,
+                    reason=entry["reason"],
+                    message=entry["message"],
+                    step=entry.get("step"),
+                    item_index=entry.get("index"),
+                    attempt=entry.get("attempt"),
+                    from_phase=entry.get("from"),
+                    to_phase=entry.get("to"),
+                    actor=entry.get("actor"),
+                )
+            )
+        else:
+            usage.append(
+                UsageRecord(
+                    run_uid=uid,
+                    namespace=namespace,
+                    run_name=name,
+                    step=entry["step"],
+                    item_index=entry.get("index"),
+                    attempt=entry["attempt"],
+                    job_name=entry["job"],
+                    account=spec.get("account", "default"),
+                    agent=entry["agent"],
+                    started_at=_parse_time(entry.get("startedAt")),
+                    finished_at=_parse_time(entry.get("finishedAt")),
+                    wall_seconds=float(entry["wallSeconds"]),
+                    cpu_request=entry.get("cpu"),
+                    memory_request=entry.get("memory"),
+                    cost=Decimal(entry["cost"]),
+                    currency=entry["currency"],
+                )
+            )
+    return events, usage

@@ -1,0 +1,241 @@
+"""The Postgres mirror with the real operator: an audit trail with valid hash chains, usage that
+matches the Pods' own timestamps, nothing lost or doubled through a Postgres outage and an
+operator crash, tampering detected, and rollback of a Template to an earlier spec."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from nofx.localcluster.controlplane import ControlPlane
+from nofx.localcluster.postgres import PostgresServer
+
+from ..conftest import Kubectl, new_postgres
+from .conftest import REPO, OperatorProcess, wait_for_phase
+from .objects import agent, apply, run, step, template
+
+REGION = "eu-test"
+
+
+@dataclass
+class Mirrored:
+    plane: ControlPlane
+    kubectl: Kubectl
+    postgres: PostgresServer
+    operator: OperatorProcess
+
+    def nofx(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "nofx.cli", *args, "--database-url", self.postgres.dsn,
+             "--region", REGION],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def sql(self, query: str, *params: object) -> list[tuple]:
+        with psycopg.connect(self.postgres.dsn, autocommit=True) as conn:
+            return conn.execute(query, params).fetchall()
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirrored]:
+    plane = ControlPlane(tmp_path_factory.mktemp("mirror-plane"))
+    plane.start()
+    postgres = new_postgres()
+    postgres.start()
+    operator = OperatorProcess(
+        plane, tmp_path_factory.mktemp("mirror-operator"), "--standalone",
+        "--database-url", postgres.dsn, "--region", REGION,
+    )  # fmt: skip
+    try:
+        kubectl = Kubectl(plane.kubeconfig)
+        kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        setup = Mirrored(plane, kubectl, postgres, operator)
+        assert "applied" in setup.nofx("db", "migrate").stdout
+        assert "up to date" in setup.nofx("db", "migrate").stdout  # safe to run twice
+        operator.start()
+        yield setup
+    finally:
+        operator.stop()
+        postgres.stop()
+        shutil.rmtree(postgres.directory.parent, ignore_errors=True)
+        plane.stop()
+
+
+def fresh_namespace(kubectl: Kubectl, name: str) -> str:
+    kubectl("create", "namespace", name)
+    return name
+
+
+def wait_mirrored(
+    mirrored: Mirrored, namespace: str, names: list[str], timeout: float = 90
+) -> None:
+    """Until every Run's outbox is empty: Postgres has all its events."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = mirrored.kubectl.json("get", "runs", "-n", namespace)["items"]
+        by_name = {r["metadata"]["name"]: r for r in runs}
+        if all(
+            not ((by_name.get(n, {}).get("status") or {}).get("audit") or {}).get("pending")
+            for n in names
+        ):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the mirror did not catch up")
+
+
+def test_transitions_in_order_with_a_valid_chain_and_usage_matching_the_pods(
+    mirrored: Mirrored,
+) -> None:
+    namespace = fresh_namespace(mirrored.kubectl, "audit")
+    apply(
+        mirrored.kubectl,
+        namespace,
+        agent("priced", {"kwok.nofx.dev/duration": "2s"}, pricing={"perHour": "36"}),
+        run(
+            "audited",
+            account="acme",
+            steps=[step("one", "priced"), step("two", "priced", dependsOn=["one"])],
+        ),
+    )
+    body = wait_for_phase(mirrored.kubectl, namespace, "audited", {"Succeeded", "Failed"})
+    assert body["status"]["phase"] == "Succeeded"
+    wait_mirrored(mirrored, namespace, ["audited"])
+
+    timeline = json.loads(mirrored.nofx("audit", "audited", "-n", namespace, "-o", "json").stdout)
+    reasons = [(e["reason"], e["step"]) for e in timeline]
+    assert reasons == [
+        ("StepStarted", "one"),
+        ("RunRunning", None),
+        ("StepSucceeded", "one"),
+        ("StepStarted", "two"),
+        ("StepSucceeded", "two"),
+        ("RunSucceeded", None),
+    ]
+    assert [e["seq"] for e in timeline] == list(range(1, len(timeline) + 1))
+    assert all(e["region"] == REGION for e in timeline)
+    assert "verifies" in mirrored.nofx("audit", "verify", "audited", "-n", namespace).stdout
+
+    # Usage: the test's own arithmetic from the Pods' container timestamps times the Agent's rate.
+    pods = mirrored.kubectl.json("get", "pods", "-n", namespace, "-l", "nofx.dev/run=audited")
+    expected_seconds = 0.0
+    for pod in pods["items"]:
+        terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+        started = datetime.fromisoformat(terminated["startedAt"].replace("Z", "+00:00"))
+        finished = datetime.fromisoformat(terminated["finishedAt"].replace("Z", "+00:00"))
+        expected_seconds += (finished - started).total_seconds()
+    [(seconds, cost, records)] = mirrored.sql(
+        "SELECT sum(wall_seconds), sum(cost), count(*) FROM usage_records WHERE account = 'acme'"
+    )
+    assert records == 2
+    assert float(seconds) == pytest.approx(expected_seconds)
+    assert Decimal(cost) == pytest.approx(Decimal(str(expected_seconds)) * 36 / 3600)
+    usage = json.loads(
+        mirrored.nofx("usage", "--account", "acme", "--since", "2020-01-01", "-o", "json").stdout
+    )
+    assert [(row["agent"], row["attempts"]) for row in usage] == [("priced", 2)]
+
+
+def test_tampering_with_an_audit_row_is_detected(mirrored: Mirrored) -> None:
+    namespace = fresh_namespace(mirrored.kubectl, "tamper")
+    apply(mirrored.kubectl, namespace, agent("echo"), run("honest", steps=[step("work")]))
+    wait_for_phase(mirrored.kubectl, namespace, "honest", {"Succeeded"})
+    wait_mirrored(mirrored, namespace, ["honest"])
+    [(stream, seq, original)] = mirrored.sql(
+        "SELECT stream, seq, message FROM audit_events"
+        " WHERE name = 'honest' AND reason = 'StepSucceeded'"
+    )
+
+    def set_message(message: str) -> None:
+        with psycopg.connect(mirrored.postgres.dsn, autocommit=True) as conn:
+            conn.execute("SET session_replication_role = replica")  # past the append-only trigger
+            conn.execute(
+                "UPDATE audit_events SET message = %s WHERE stream = %s AND seq = %s",
+                (message, stream, seq),
+            )
+
+    set_message("nothing to see")
+    result = mirrored.nofx("audit", "verify", "honest", "-n", namespace, check=False)
+    assert result.returncode == 1
+    assert stream in result.stdout and f"seq {seq}" in result.stdout
+    set_message(original)  # the edit, and nothing else, broke the chain
+    assert "verifies" in mirrored.nofx("audit", "verify", "honest", "-n", namespace).stdout
+
+
+def test_rollback_reapplies_an_earlier_template_spec(mirrored: Mirrored) -> None:
+    namespace = fresh_namespace(mirrored.kubectl, "registry")
+    for description in ("first", "second", "third"):
+        apply(
+            mirrored.kubectl,
+            namespace,
+            template("versioned", [step("work")], description=description),
+        )
+        time.sleep(1.0)
+    result = mirrored.nofx("template", "rollback", "versioned", "--to", "1", "-n", namespace,
+                           "--kubeconfig", str(mirrored.plane.kubeconfig))  # fmt: skip
+    assert "rolled back to version 1" in result.stdout
+    spec = mirrored.kubectl.json("get", "template", "versioned", "-n", namespace)["spec"]
+    assert spec["description"] == "first"
+    deadline = time.monotonic() + 30
+    history = ""
+    while time.monotonic() < deadline:
+        history = mirrored.nofx("template", "history", "versioned", "-n", namespace).stdout
+        if len(history.strip().splitlines()) == 5:  # header and four versions
+            break
+        time.sleep(0.5)
+    assert len(history.strip().splitlines()) == 5, history
+
+
+def test_postgres_outage_and_operator_crash_lose_and_double_nothing(mirrored: Mirrored) -> None:
+    namespace = fresh_namespace(mirrored.kubectl, "outage")
+    apply(
+        mirrored.kubectl,
+        namespace,
+        agent("steady", {"kwok.nofx.dev/duration": "1s"}),
+        template("pair", [step("a", "steady"), step("b", "steady", dependsOn=["a"])]),
+    )
+    names = [f"outage-{i}" for i in range(20)]
+    mirrored.postgres.stop()
+    try:
+        for name in names:
+            apply(mirrored.kubectl, namespace, run(name, templateRef={"name": "pair"}))
+        time.sleep(4)
+        mirrored.operator.kill()  # with events only in the Runs' outboxes
+        mirrored.operator.start()
+        time.sleep(30 - 4)
+    finally:
+        mirrored.postgres.start()
+    for name in names:
+        assert (
+            wait_for_phase(mirrored.kubectl, namespace, name, {"Succeeded", "Failed"})["status"][
+                "phase"
+            ]
+            == "Succeeded"
+        )
+    wait_mirrored(mirrored, namespace, names, timeout=120)
+
+    for name in names:
+        body = mirrored.kubectl.json("get", "run", name, "-n", namespace)
+        expected = body["status"]["audit"]["nextSeq"] - 1
+        rows = mirrored.sql(
+            "SELECT seq FROM audit_events WHERE stream = %s ORDER BY seq",
+            f"run/{body['metadata']['uid']}",
+        )
+        assert [r[0] for r in rows] == list(range(1, expected + 1)), name
+        [(attempts,)] = mirrored.sql(
+            "SELECT count(*) FROM usage_records WHERE run_uid = %s", body["metadata"]["uid"]
+        )
+        assert attempts == 2, name
+    assert "every hash chain verifies" in mirrored.nofx("audit", "verify").stdout

@@ -1,0 +1,72 @@
+"""The audit outbox in a Run's status: numbering, usage entries, acknowledgement."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from nofx.api.run import RunStatus
+from nofx.decisions import AttemptFinished, Transition
+from nofx.mirror import outbox
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+BODY = {
+    "metadata": {"uid": "u-1", "namespace": "team", "name": "r"},
+    "spec": {"account": "acme"},
+}
+
+
+def change(step: str | None, to: str, reason: str) -> Transition:
+    return Transition(step, None, 1 if step else None, None, to, reason, f"{step} {to}")
+
+
+def attempt(step: str, number: int) -> AttemptFinished:
+    return AttemptFinished(
+        step=step, index=None, attempt=number, job_name=f"r-{step}-{number}", agent="coder",
+        outcome="Succeeded", wall_seconds=2.5, cost=Decimal("0.025"), currency="USD",
+        started_at=NOW, finished_at=NOW, cpu_request="500m", memory_request="1Gi",
+    )  # fmt: skip
+
+
+def test_events_are_numbered_per_run_across_reconciles() -> None:
+    status = RunStatus()
+    outbox.record(
+        status,
+        [change("a", "Running", "StepStarted"), change(None, "Running", "RunRunning")],
+        [],
+        NOW,
+    )
+    outbox.record(status, [change("a", "Succeeded", "StepSucceeded")], [attempt("a", 1)], NOW)
+    assert status.audit is not None and status.audit.next_seq == 4
+    pending = status.audit.pending or []
+    assert [e.get("seq") for e in pending] == [1, 2, 3, None]
+    assert [e["type"] for e in pending] == ["event", "event", "event", "usage"]
+
+
+def test_nothing_happened_adds_nothing() -> None:
+    status = RunStatus()
+    outbox.record(status, [], [], NOW)
+    assert status.audit is None
+
+
+def test_acknowledge_keeps_entries_added_after_the_write() -> None:
+    status = RunStatus()
+    outbox.record(status, [change("a", "Running", "StepStarted")], [attempt("a", 1)], NOW)
+    written = {outbox.entry_key(e) for e in status.audit.pending or []}  # type: ignore[union-attr]
+    outbox.record(status, [change("a", "Succeeded", "StepSucceeded")], [], NOW)
+    remaining = outbox.acknowledge(status.audit.pending or [], written)  # type: ignore[union-attr]
+    assert [(e["type"], e.get("seq")) for e in remaining] == [("event", 2)]
+
+
+def test_entries_become_store_records() -> None:
+    status = RunStatus()
+    outbox.record(status, [change("a", "Running", "StepStarted")], [attempt("a", 1)], NOW)
+    events, usage = outbox.to_records(BODY, status.audit.pending or [])  # type: ignore[union-attr]
+    [event] = events
+    assert (event.stream, event.seq, event.reason, event.step, event.at) == (
+        "run/u-1", 1, "StepStarted", "a", NOW,
+    )  # fmt: skip
+    [record] = usage
+    assert (record.account, record.agent, record.cost, record.cpu_request) == (
+        "acme", "coder", Decimal("0.025"), "500m",
+    )  # fmt: skip
