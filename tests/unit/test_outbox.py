@@ -67,6 +67,6 @@ def test_entries_become_store_records() -> None:
         "run/u-1", 1, "StepStarted", "a", NOW,
     )  # fmt: skip
     [record] = usage
-    assert (record.account, record.agent, record.cost, record.cpu_request) == (
-        "acme", "coder", Decimal("0.025"), "500m",
+    assert (record.account, record.agent, record.cost, record.cpu_request, record.outcome) == (
+        "acme", "coder", Decimal("0.025"), "500m", "Succeeded",
     )  # fmt: skip

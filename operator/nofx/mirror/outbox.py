@@ -73,6 +73,7 @@ def record(
                 "memory": attempt.memory_request,
                 "cost": str(attempt.cost),
                 "currency": attempt.currency,
+                "outcome": attempt.outcome,
             }
         )
     if pending or status.audit is not None:
@@ -144,6 +145,7 @@ def to_records(
                     memory_request=entry.get("memory"),
                     cost=Decimal(entry["cost"]),
                     currency=entry["currency"],
+                    outcome=entry.get("outcome"),
                 )
             )
     return events, usage

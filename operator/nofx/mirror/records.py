@@ -50,6 +50,7 @@ class UsageRecord:
     memory_request: str | None  # e.g. "512Mi"
     cost: Decimal
     currency: str
+    outcome: str | None = None  # Succeeded or Failed
 
 
 @dataclass(frozen=True)

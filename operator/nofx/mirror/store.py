@@ -44,11 +44,12 @@ INSERT_EVENT = sql.SQL("INSERT INTO audit_events ({}) VALUES ({}) ON CONFLICT DO
 INSERT_USAGE = """
 INSERT INTO usage_records (
     region, run_uid, namespace, run_name, step, item_index, attempt, job_name, account, agent,
-    started_at, finished_at, billed_at, wall_seconds, cpu_request, memory_request, cost, currency
+    started_at, finished_at, billed_at, wall_seconds, cpu_request, memory_request, cost, currency,
+    outcome
 ) VALUES (
     %(region)s, %(run_uid)s, %(namespace)s, %(run_name)s, %(step)s, %(item_index)s, %(attempt)s,
     %(job_name)s, %(account)s, %(agent)s, %(started_at)s, %(finished_at)s, %(billed_at)s,
-    %(wall_seconds)s, %(cpu_request)s, %(memory_request)s, %(cost)s, %(currency)s
+    %(wall_seconds)s, %(cpu_request)s, %(memory_request)s, %(cost)s, %(currency)s, %(outcome)s
 ) ON CONFLICT DO NOTHING
 """
 
