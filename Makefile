@@ -51,9 +51,11 @@ lint: venv
 
 crds: venv
 	$(PY) -m nofx.api.crdgen --out crds
+	$(PY) -m nofx.api.crdgen --out charts/nofx/crds
 
 check-crds: venv
 	$(PY) -m nofx.api.crdgen --check crds
+	$(PY) -m nofx.api.crdgen --check charts/nofx/crds
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

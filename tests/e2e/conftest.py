@@ -39,8 +39,15 @@ def crds(kubectl: Kubectl) -> None:
 class OperatorProcess:
     """`nofx operator` against the test control plane; can be killed and started again."""
 
-    def __init__(self, control_plane: ControlPlane, log_dir: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        log_dir: Path,
+        *extra: str,
+        kubeconfig: Path | None = None,
+    ) -> None:
         self.control_plane = control_plane
+        self.kubeconfig = kubeconfig or control_plane.kubeconfig
         self.log_path = log_dir / "operator.log"
         self.extra = extra
         self.metrics_port = free_port()

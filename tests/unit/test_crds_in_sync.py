@@ -9,11 +9,17 @@ from nofx.api import crdgen
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_crds_match_the_api_types() -> None:
-    diffs = crdgen.differences(ROOT / "crds")
-    assert not diffs, "crds/ is out of date with operator/nofx/api: run `make crds`\n" + "".join(
-        diffs
+@pytest.mark.parametrize("folder", ["crds", "charts/nofx/crds"])
+def test_crds_match_the_api_types(folder: str) -> None:
+    diffs = crdgen.differences(ROOT / folder)
+    assert not diffs, f"{folder}/ is out of date with operator/nofx/api: run `make crds`\n" + (
+        "".join(diffs)
     )
+
+
+def test_the_chart_ships_exactly_the_generated_crds() -> None:
+    names = sorted(path.name for path in (ROOT / "charts/nofx/crds").iterdir())
+    assert names == sorted(crdgen.render())
 
 
 def test_check_fails_with_a_diff_after_a_hand_edit(

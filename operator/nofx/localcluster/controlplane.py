@@ -28,6 +28,9 @@ CONTROLLERS = ",".join(
         "serviceaccount-controller",
         "serviceaccount-token-controller",
         "ttl-after-finished-controller",
+        # For the Helm chart's Deployment.
+        "deployment-controller",
+        "replicaset-controller",
     ]
 )
 

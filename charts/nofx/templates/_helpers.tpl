@@ -1,0 +1,87 @@
+{{/* Names and labels shared by every object of the release. */}}
+{{- define "nofx.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "nofx.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "nofx.labels" -}}
+{{ include "nofx.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+nofx.dev/region: {{ .Values.region | quote }}
+{{- end -}}
+
+{{- define "nofx.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "nofx.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "nofx.image" -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end -}}
+
+{{/* The restricted Pod Security Standard, for the operator and its migration hook. */}}
+{{- define "nofx.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "nofx.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{- define "nofx.databaseEnv" -}}
+- name: NOFX_REGION
+  value: {{ .Values.region | quote }}
+{{- if .Values.database.existingSecret }}
+- name: NOFX_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.secretKey }}
+{{- end }}
+{{- end -}}
+
+{{- /* What the operator does in the namespaces it watches: nothing on Secrets, no Pods created
+      (the Job controller creates them), Pods only read for their termination messages. */ -}}
+{{- define "nofx.namespacedRules" -}}
+- apiGroups: ["nofx.dev"]
+  resources: ["runs"]
+  # create: child Runs; delete: ttlSecondsAfterFinished; patch: cancel child Runs.
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+- apiGroups: ["nofx.dev"]
+  resources: ["agents", "templates"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["nofx.dev"]
+  resources: ["runs/status", "agents/status", "templates/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
