@@ -41,6 +41,10 @@ def forget_run(key: tuple[str, str]) -> None:
     _phases.pop(key, None)
 
 
+def runs_held() -> int:
+    return len(_phases)
+
+
 class _RunsByPhase(Collector):
     """Counted at scrape time from the last phase seen per Run, so no gauge drifts."""
 

@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from nofx import kube
+from nofx import kube, metrics
 from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
 from nofx.reconcilers import agents, runs, templates  # noqa: F401 - importing registers handlers
@@ -101,7 +101,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.probe(id="runs")
 def runs_held(**_: Any) -> int:
-    return len(runs.reconciler().waiters.by_thing)
+    """Shown by /healthz: how many Runs this replica has reconciled and holds."""
+    return metrics.runs_held()
 
 
 def run(options: Options) -> None:

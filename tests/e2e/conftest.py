@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,26 @@ def crds(kubectl: Kubectl) -> None:
         f"crd/{path.name.removesuffix('.yaml')}" for path in (REPO / "crds").glob("*.nofx.dev.yaml")
     ]
     kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
+@pytest.fixture(scope="module")
+def start_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ControlPlane]]:
+    """Starts control planes of a module's own (isolated from the session's operator), with the
+    CRDs installed; all stop when the module ends."""
+    planes: list[ControlPlane] = []
+
+    def start(name: str, nodes: int = 2) -> ControlPlane:
+        plane = ControlPlane(tmp_path_factory.mktemp(name), nodes=nodes)
+        plane.start()
+        planes.append(plane)
+        Kubectl(plane.kubeconfig)("apply", "--server-side", "-f", str(REPO / "crds"))
+        return plane
+
+    try:
+        yield start
+    finally:
+        for plane in reversed(planes):
+            plane.stop()
 
 
 class OperatorProcess:

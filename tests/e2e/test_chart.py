@@ -39,13 +39,8 @@ def helm(
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane(tmp_path_factory.mktemp("chart-plane"))
-    plane.start()
-    try:
-        yield plane
-    finally:
-        plane.stop()
+def plane(start_plane: Callable[..., ControlPlane]) -> ControlPlane:
+    return start_plane("chart-plane")
 
 
 @pytest.fixture(scope="module")

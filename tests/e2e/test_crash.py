@@ -8,7 +8,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,23 +17,13 @@ from kubernetes import client, config, watch
 from nofx.localcluster.controlplane import ControlPlane
 
 from ..conftest import Kubectl
-from .conftest import REPO, OperatorProcess
+from .conftest import OperatorProcess
 from .objects import agent, apply, run, step, template
 
 RUNS = 20
 KILLS = 5
 # Within one attempt: not started, running, failed and waiting to retry, finished.
 RANK = {"Pending": 0, "Waiting": 0, "Running": 1, "Retrying": 2}
-
-
-@pytest.fixture
-def isolated_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane(tmp_path_factory.mktemp("crash-plane"))
-    plane.start()
-    try:
-        yield plane
-    finally:
-        plane.stop()
 
 
 class Recorder:
@@ -106,10 +96,10 @@ def _progress(entry: dict) -> tuple[int, int]:
 
 
 def test_sigkilled_operator_never_runs_a_step_twice(
-    isolated_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    start_plane: Callable[..., ControlPlane], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    isolated_plane = start_plane("crash-plane")
     kubectl = Kubectl(isolated_plane.kubeconfig)
-    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     namespace = "crash"
     kubectl("create", "namespace", namespace)
     recorder = Recorder(isolated_plane.kubeconfig, namespace)

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -21,7 +21,7 @@ from nofx.localcluster.controlplane import ControlPlane
 from nofx.localcluster.postgres import PostgresServer
 
 from ..conftest import Kubectl, new_postgres
-from .conftest import REPO, OperatorProcess, wait_for_phase
+from .conftest import OperatorProcess, wait_for_phase
 from .objects import agent, apply, run, step, template
 
 REGION = "eu-test"
@@ -50,9 +50,10 @@ class Mirrored:
 
 
 @pytest.fixture(scope="module")
-def mirrored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirrored]:
-    plane = ControlPlane(tmp_path_factory.mktemp("mirror-plane"))
-    plane.start()
+def mirrored(
+    start_plane: Callable[..., ControlPlane], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mirrored]:
+    plane = start_plane("mirror-plane")
     postgres = new_postgres()
     postgres.start()
     operator = OperatorProcess(
@@ -61,7 +62,6 @@ def mirrored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirrored]:
     )  # fmt: skip
     try:
         kubectl = Kubectl(plane.kubeconfig)
-        kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         setup = Mirrored(plane, kubectl, postgres, operator)
         assert "applied" in setup.nofx("db", "migrate").stdout
         assert "up to date" in setup.nofx("db", "migrate").stdout  # safe to run twice
@@ -71,7 +71,6 @@ def mirrored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirrored]:
         operator.stop()
         postgres.stop()
         shutil.rmtree(postgres.directory.parent, ignore_errors=True)
-        plane.stop()
 
 
 def fresh_namespace(kubectl: Kubectl, name: str) -> str:

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 
 from nofx.localcluster.controlplane import ControlPlane
 
 from ..conftest import Kubectl
-from .conftest import REPO, OperatorProcess, wait_for_phase
+from .conftest import OperatorProcess, wait_for_phase
 from .objects import agent, apply, run, step
 
 PEERING = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "nofx"}}
-
-
-@pytest.fixture
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane(tmp_path_factory.mktemp("peering-plane"), nodes=1)
-    plane.start()
-    try:
-        yield plane
-    finally:
-        plane.stop()
 
 
 def created_jobs(replica: OperatorProcess) -> int:
@@ -32,10 +22,10 @@ def created_jobs(replica: OperatorProcess) -> int:
 
 
 def test_two_replicas_one_active_then_failover(
-    plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    start_plane: Callable[..., ControlPlane], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    plane = start_plane("peering-plane", nodes=1)
     kubectl = Kubectl(plane.kubeconfig)
-    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     kubectl("create", "-f", "-", input=json.dumps(PEERING))
     replicas = [
         OperatorProcess(plane, tmp_path_factory.mktemp(f"replica-{i}"), "--peering-lifetime", "5")

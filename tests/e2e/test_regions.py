@@ -5,7 +5,7 @@ once."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
@@ -38,7 +38,9 @@ def start_postgres(stack: ExitStack, **settings: str) -> PostgresServer:
 
 
 def test_two_regions_replicate_into_the_global_database_exactly_once(
-    stack: ExitStack, tmp_path_factory: pytest.TempPathFactory
+    stack: ExitStack,
+    start_plane: Callable[..., ControlPlane],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     # More workers than the default: two subscriptions, each with table-sync workers.
     global_db = start_postgres(
@@ -48,15 +50,12 @@ def test_two_regions_replicate_into_the_global_database_exactly_once(
         store.migrate()
     regions = {}
     for region in REGIONS:
-        plane = ControlPlane(tmp_path_factory.mktemp(f"{region}-plane"), nodes=1)
-        plane.start()
-        stack.callback(plane.stop)
+        plane = start_plane(f"{region}-plane", nodes=1)
         database = start_postgres(stack)
         with Store(database.dsn, region) as store:
             store.migrate()
         psql(database.dsn, REPO / "manifests/postgres/publication.sql")
         kubectl = Kubectl(plane.kubeconfig)
-        kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         operator = OperatorProcess(
             plane, tmp_path_factory.mktemp(f"{region}-operator"), "--standalone",
             "--database-url", database.dsn, "--region", region,
