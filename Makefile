@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 # Builds the pinned control-plane binaries on first use (minutes), then answers from the cache.
 TOOLS_BIN = $$(bash tools/build.sh)
 
-.PHONY: help venv tools dev-up dev-down test unit e2e demo lint crds check-crds clean
+.PHONY: help venv tools dev-up dev-down test unit e2e demo bench lint crds check-crds clean
 
 help:
 	@echo "make demo      run the local control plane and show it working"
 	@echo "make test      run every test (unit and end-to-end)"
 	@echo "make dev-up    start a local control plane and Postgres in the background"
 	@echo "make dev-down  stop them"
+	@echo "make bench     latency and throughput figures (bench/summary.md)"
 	@echo "make lint      ruff and mypy"
 	@echo "make crds      regenerate crds/ from the API types"
 
@@ -44,6 +45,12 @@ e2e: venv
 demo: venv
 	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx.localcluster.demo
 
+# Not part of `make test`: timings are figures, never pass/fail. Writes bench/results.json,
+# bench/summary.md and bench/latency.png.
+bench: venv
+	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
+	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) bench/run.py
+
 lint: venv
 	$(VENV)/bin/ruff check operator tests
 	$(VENV)/bin/ruff format --check operator tests
@@ -52,10 +59,12 @@ lint: venv
 crds: venv
 	$(PY) -m nofx.api.crdgen --out crds
 	$(PY) -m nofx.api.crdgen --out charts/nofx/crds
+	$(PY) -m nofx.api.crdgen --out manifests/kustomize/base/crds
 
 check-crds: venv
 	$(PY) -m nofx.api.crdgen --check crds
 	$(PY) -m nofx.api.crdgen --check charts/nofx/crds
+	$(PY) -m nofx.api.crdgen --check manifests/kustomize/base/crds
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

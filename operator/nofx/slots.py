@@ -1,9 +1,10 @@
 """Free slots of Agents with maxConcurrentSteps, across all Runs.
 
-The Job index tells which Jobs of an Agent are unfinished, but it learns of a new Job only when
-its watch event arrives. Between a reconcile creating a Job and that event, a parallel reconcile
-of another Run would see the slot as free; reservations close that gap. Only one operator
-replica is active (peering), so in-memory state is enough.
+The Job index tells which Jobs of an Agent are unfinished, but a reconcile decides from a copy
+of it taken when it was triggered, which may predate a Job another reconcile just created. So
+every Job the operator creates also holds a reservation until its watch says it finished: the
+count is the union of both, and a stale copy can only make a reconcile wait, never overbook.
+Only one operator replica is active (peering), so in-memory state is enough.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import threading
 import time
 from collections import defaultdict
 
-RESERVATION_SECONDS = 30.0  # a Job never seen by the watch (creation failed) frees its slot
+# A reservation whose Job was never created (the create failed) frees its slot after this;
+# by then the index knows every Job that does exist.
+RESERVATION_SECONDS = 300.0
 
 
 class AgentSlots:
@@ -36,8 +39,8 @@ class AgentSlots:
         """Call with the lock held, for each Job a decision is about to create."""
         self._reserved[(namespace, agent)][job] = time.monotonic() + RESERVATION_SECONDS
 
-    def confirm(self, namespace: str, agent: str | None, job: str) -> None:
-        """The watch saw the Job: from now on the index accounts for it."""
+    def release(self, namespace: str, agent: str | None, job: str) -> None:
+        """The watch saw the Job finish or go away."""
         if agent is None:
             return
         with self.lock:

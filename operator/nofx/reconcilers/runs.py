@@ -127,6 +127,7 @@ class RunReconciler:
         self._tasks: set[asyncio.Future[None]] = set()
         self._failures: dict[RunKey, int] = {}
         self.mirror: MirrorWriter | None = None  # set when a Postgres mirror is configured
+        self._own_writes: dict[RunKey, str] = {}  # resourceVersion of our last status write
 
     # --- triggering (event loop) ---
 
@@ -163,7 +164,13 @@ class RunReconciler:
         for key in keys:
             self._spawn(key)
 
+    def is_own_write(self, key: RunKey, resource_version: str | None) -> bool:
+        """The watch event of our own status write: it holds nothing the decision behind it
+        did not know, so reconciling it again would only cost."""
+        return resource_version is not None and self._own_writes.get(key) == resource_version
+
     def forget(self, key: RunKey) -> None:
+        self._own_writes.pop(key, None)
         self._failures.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer:
@@ -363,6 +370,7 @@ class RunReconciler:
             )
             if stored is None:
                 return
+            self._own_writes[key] = stored["metadata"]["resourceVersion"]
             for change in changes:
                 kopf.event(
                     kopf.Body(cast(kopf.RawBody, body)),
@@ -532,7 +540,8 @@ async def run_event(
             "pending"
         ):
             operator.mirror.offer_run(dict(body))
-        await operator.trigger(key, dict(body))
+        if not operator.is_own_write(key, body["metadata"].get("resourceVersion")):
+            await operator.trigger(key, dict(body))
     if parent:
         await operator.trigger((namespace, parent))
 
@@ -543,9 +552,9 @@ async def job_event(
 ) -> None:
     operator = reconciler()
     agent = labels.get(AGENT_LABEL)
-    operator.slots.confirm(namespace, agent, name)
     state = observe_job(dict(body)).state
     if event["type"] == "DELETED" or state != "Active":
+        operator.slots.release(namespace, agent, name)
         if agent:
             operator.trigger_soon(operator.waiters.pop(namespace, "AgentSlot", agent))
         owner = owning_run(body)
