@@ -223,3 +223,25 @@ def test_core_scenarios_pass_under_the_chart_rbac(
     scenario(operator_as_the_chart, installed, namespace)
     log = operator_as_the_chart.log_path.read_text()
     assert "403" not in log and "Forbidden" not in log, "the operator was refused something"
+
+
+def cluster_role_rules(documents: str) -> list[dict[str, Any]]:
+    roles = [d for d in yaml.safe_load_all(documents) if d and d["kind"] == "ClusterRole"]
+    assert len(roles) == 1, [r["metadata"]["name"] for r in roles]
+    return sorted(roles[0]["rules"], key=lambda rule: json.dumps(rule, sort_keys=True))
+
+
+@pytest.mark.parametrize("overlay", ["eu-west", "us-east"])
+def test_kustomize_overlays_pass_server_validation_with_the_charts_rbac(
+    plane: ControlPlane, overlay: str
+) -> None:
+    kubectl = Kubectl(plane.kubeconfig)
+    rendered = kubectl("kustomize", str(REPO / "manifests" / "kustomize" / "overlays" / overlay))
+    kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "kustomize" / "base" / "crds"))
+    kubectl.run("create", "namespace", NAMESPACE, check=False)
+    dry_run = kubectl.run("apply", "--server-side", "--dry-run=server", "-f", "-", input=rendered,
+                          check=False)  # fmt: skip
+    assert dry_run.returncode == 0, dry_run.stderr
+    chart = helm(None, "template", RELEASE, str(CHART), "-n", NAMESPACE,
+                 "--kube-version", KUBE_VERSION, "--set", "region=eu-west").stdout  # fmt: skip
+    assert cluster_role_rules(rendered) == cluster_role_rules(chart)
