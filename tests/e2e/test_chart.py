@@ -221,8 +221,8 @@ def test_core_scenarios_pass_under_the_chart_rbac(
     installed("create", "namespace", namespace)
     installed("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     scenario(operator_as_the_chart, installed, namespace)
-    log = operator_as_the_chart.log_path.read_text()
-    assert "403" not in log and "Forbidden" not in log, "the operator was refused something"
+    log = operator_as_the_chart.log_path.read_text().lower()
+    assert "forbidden" not in log, "the operator was refused something"
 
 
 def cluster_role_rules(documents: str) -> list[dict[str, Any]]:
@@ -239,8 +239,9 @@ def test_kustomize_overlays_pass_server_validation_with_the_charts_rbac(
     rendered = kubectl("kustomize", str(REPO / "manifests" / "kustomize" / "overlays" / overlay))
     kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "kustomize" / "base" / "crds"))
     kubectl.run("create", "namespace", NAMESPACE, check=False)
-    dry_run = kubectl.run("apply", "--server-side", "--dry-run=server", "-f", "-", input=rendered,
-                          check=False)  # fmt: skip
+    # --force-conflicts: in this module Helm may own the same objects already.
+    dry_run = kubectl.run("apply", "--server-side", "--force-conflicts", "--dry-run=server",
+                          "-f", "-", input=rendered, check=False)  # fmt: skip
     assert dry_run.returncode == 0, dry_run.stderr
     chart = helm(None, "template", RELEASE, str(CHART), "-n", NAMESPACE,
                  "--kube-version", KUBE_VERSION, "--set", "region=eu-west").stdout  # fmt: skip
