@@ -66,6 +66,7 @@ class World:
 
     now: datetime
     template: TemplateSpec | None = None  # the referenced Template, needed until pinned
+    template_invalid: bool = False  # it exists, but its spec does not validate
     agents: dict[str, AgentSpec] = field(default_factory=dict)  # the namespace's, until pinned
     jobs: dict[str, JobObservation] = field(default_factory=dict)  # this Run's, by Job name
     child_runs: dict[str, ChildRunObservation] = field(default_factory=dict)
@@ -146,7 +147,11 @@ def _pin(run: RunView, world: World, decision: Decision) -> bool:
     plan = spec.inline_template() if template_name is None else world.template
     if plan is None:
         decision.waiting_for.add(("Template", str(template_name)))
-        _pending(status, world.now, "TemplateMissing", f"Template {template_name} not found")
+        if world.template_invalid:
+            message = f"Template {template_name} is invalid (see its Ready condition)"
+            _pending(status, world.now, "TemplateInvalid", message)
+        else:
+            _pending(status, world.now, "TemplateMissing", f"Template {template_name} not found")
         return False
     if spec.timeout:
         plan = plan.model_copy(update={"timeout": spec.timeout})

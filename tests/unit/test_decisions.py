@@ -58,6 +58,21 @@ def inputs_of(decision: Decision, step_name: str, index: int | None = None) -> d
 # --- before the start: resolving and pinning ------------------------------------------------
 
 
+def test_an_invalid_template_keeps_the_run_pending_and_says_so() -> None:
+    sim = Sim(by_ref("release"))
+    sim.set_world(template_invalid=True)
+    decision = sim.decide()
+    assert condition(sim.status, "Ready") == (
+        "False",
+        "TemplateInvalid",
+        "Template release is invalid (see its Ready condition)",
+    )
+    assert decision.waiting_for == {("Template", "release")}
+    sim.set_world(template=template(step("build")), template_invalid=False)
+    sim.decide()
+    assert sim.status.phase == "Running"
+
+
 def test_missing_template_keeps_the_run_pending_until_it_appears() -> None:
     sim = Sim(by_ref("release"))
     decision = sim.decide()

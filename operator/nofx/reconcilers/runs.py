@@ -69,7 +69,7 @@ class Observed:
     jobs: dict[str, JobObservation]
     child_runs: dict[str, ChildRunObservation]
     agents: dict[str, AgentSpec]
-    templates: dict[str, TemplateSpec]
+    templates: dict[str, TemplateSpec | None]  # None: exists, but its spec is invalid
     active_jobs: dict[str, set[str]]  # agent name → names of its unfinished Jobs
     waiters_version: int
 
@@ -258,9 +258,10 @@ class RunReconciler:
             spec=spec,
             status=old_status,
         )
-        template = None
+        template, template_invalid = None, False
         if spec.template_ref is not None and old_status.pinned is None:
             template = observed.templates.get(spec.template_ref.name)
+            template_invalid = template is None and spec.template_ref.name in observed.templates
         now = datetime.now(UTC)
         jobs = self._complete_observations(namespace, old_status, observed.jobs)
         children = self._complete_children(namespace, old_status, observed.child_runs)
@@ -275,6 +276,7 @@ class RunReconciler:
             world = World(
                 now=now,
                 template=template,
+                template_invalid=template_invalid,
                 agents=observed.agents,
                 jobs=jobs,
                 child_runs=children,

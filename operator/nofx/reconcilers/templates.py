@@ -25,7 +25,7 @@ def templates_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any)
     try:
         return {namespace: (name, TemplateSpec.model_validate(dict(spec)))}
     except ValidationError:
-        return {}  # template_event reports it; {} rather than None drops a stale entry
+        return {namespace: (name, None)}  # known but unusable; template_event reports why
 
 
 @kopf.on.event(GROUP, VERSION, "templates")
