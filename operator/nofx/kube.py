@@ -75,6 +75,23 @@ class Kube:
             raise
         return result
 
+    def set_finalizers(
+        self, plural: str, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> dict[str, Any] | None:
+        """Replaces metadata.finalizers, unless the object changed since it was read."""
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        try:
+            result: dict[str, Any] = self.custom.patch_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, namespace, plural, name, body
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            if error.status == 409:
+                raise Conflict(f"{plural}/{name} changed") from error
+            raise
+        return result
+
     def create(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
         """Creates the object; False if one of that name already exists."""
         try:

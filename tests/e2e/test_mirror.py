@@ -238,3 +238,30 @@ def test_postgres_outage_and_operator_crash_lose_and_double_nothing(mirrored: Mi
         )
         assert attempts == 2, name
     assert "every hash chain verifies" in mirrored.nofx("audit", "verify").stdout
+
+
+def test_a_run_deleted_while_postgres_is_down_keeps_its_events(mirrored: Mirrored) -> None:
+    namespace = fresh_namespace(mirrored.kubectl, "deleted")
+    apply(mirrored.kubectl, namespace, agent("echo"))
+    mirrored.postgres.stop()
+    try:
+        apply(mirrored.kubectl, namespace, run("doomed-2", steps=[step("a")]))
+        body = wait_for_phase(mirrored.kubectl, namespace, "doomed-2", {"Succeeded"})
+        uid, expected = body["metadata"]["uid"], body["status"]["audit"]["nextSeq"] - 1
+        assert "nofx.dev/audit" in body["metadata"]["finalizers"]
+        mirrored.kubectl("delete", "run", "doomed-2", "-n", namespace, "--wait=false")
+        time.sleep(3)
+        held = mirrored.kubectl.json("get", "run", "doomed-2", "-n", namespace)
+        assert held["metadata"].get("deletionTimestamp"), "the Run went before its events"
+    finally:
+        mirrored.postgres.start()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        gone = mirrored.kubectl.run("get", "run", "doomed-2", "-n", namespace, check=False)
+        if gone.returncode != 0:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the Run was never deleted after Postgres came back")
+    rows = mirrored.sql("SELECT seq FROM audit_events WHERE stream = %s ORDER BY seq", f"run/{uid}")
+    assert [r[0] for r in rows] == list(range(1, expected + 1))

@@ -58,6 +58,7 @@ log = logging.getLogger("nofx.runs")
 
 RunKey = tuple[str, str]  # (namespace, name)
 PARENT_LABEL = "nofx.dev/parent-run"
+AUDIT_FINALIZER = "nofx.dev/audit"
 MAX_CONFLICT_RETRIES = 5
 RETRY_MAX_SECONDS = 30.0
 
@@ -242,6 +243,9 @@ class RunReconciler:
     def _reconcile_body(self, key: RunKey, body: dict[str, Any], observed: Observed) -> None:
         namespace, name = key
         metadata = body["metadata"]
+        if metadata.get("deletionTimestamp"):
+            self._let_go(key, body)
+            return
         try:
             spec = RunSpec.model_validate(body.get("spec") or {})
             old_status = RunStatus.model_validate(body.get("status") or {})
@@ -286,6 +290,17 @@ class RunReconciler:
             for request in decision.create_jobs:
                 self.slots.reserve(namespace, label_value(request.agent_name), request.job_name)
         self._apply(run, body, decision, jobs, observed.waiters_version)
+
+    def _let_go(self, key: RunKey, body: dict[str, Any]) -> None:
+        """A Run being deleted: its Jobs go with it (owner references); the audit finalizer
+        goes once the mirror has stored everything (the mirror's write wakes us)."""
+        finalizers = body["metadata"].get("finalizers") or []
+        if AUDIT_FINALIZER not in finalizers:
+            return
+        if self.mirror is not None and _pending_audit(body):
+            return  # without a mirror nobody would ever store them: let go at once
+        remaining = [f for f in finalizers if f != AUDIT_FINALIZER]
+        self.kube.set_finalizers("runs", *key, remaining, body["metadata"]["resourceVersion"])
 
     def _complete_observations(
         self, namespace: str, status: RunStatus, indexed: dict[str, JobObservation]
@@ -340,6 +355,16 @@ class RunReconciler:
             log.info("deleting finished Run (ttlSecondsAfterFinished)", extra={"run": run.name})
             self.kube.delete("runs", run.namespace, run.name)
             return
+        finalizers = body["metadata"].get("finalizers") or []
+        if self.mirror is not None and decision.status.audit and AUDIT_FINALIZER not in finalizers:
+            # Held until the mirror stored every event, so deleting a Run loses none of them.
+            stored = self.kube.set_finalizers(
+                "runs", *key, [*finalizers, AUDIT_FINALIZER], body["metadata"]["resourceVersion"]
+            )
+            if stored is None:
+                return
+            body = {**body, "metadata": stored["metadata"]}
+            self._own_writes[key] = stored["metadata"]["resourceVersion"]
         ref = RunRef(run.name, run.namespace, run.uid, run.spec.account)
         for request in decision.create_jobs:
             created = self.kube.create_job(build_job(ref, request))
@@ -401,6 +426,10 @@ class RunReconciler:
         if missed and self._loop is not None:
             self._loop.call_soon_threadsafe(self._spawn, key)
         self._wake_at(key, decision.wake_at)
+
+
+def _pending_audit(body: dict[str, Any]) -> bool:
+    return bool(((body.get("status") or {}).get("audit") or {}).get("pending"))
 
 
 def _missing(job_name: str, step: str) -> JobObservation:
