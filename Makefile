@@ -52,8 +52,8 @@ bench: venv
 	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) bench/run.py
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests
-	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
 	$(VENV)/bin/mypy
 
 crds: venv
