@@ -63,27 +63,26 @@ class Kube:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        try:
-            result: dict[str, Any] = self.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
-                GROUP, VERSION, namespace, plural, name, body
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            if error.status == 409:
-                raise Conflict(f"{plural}/{name} changed") from error
-            raise
-        return result
+        return self._patch(
+            self.custom.patch_namespaced_custom_object_status, plural, namespace, name, body
+        )
 
     def set_finalizers(
         self, plural: str, namespace: str, name: str, finalizers: list[str], resource_version: str
     ) -> dict[str, Any] | None:
         """Replaces metadata.finalizers, unless the object changed since it was read."""
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        return self._patch(
+            self.custom.patch_namespaced_custom_object, plural, namespace, name, body
+        )
+
+    def _patch(
+        self, method: Any, plural: str, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """A merge patch: the object as stored, None if it is gone, Conflict if a
+        resourceVersion precondition in the body failed."""
         try:
-            result: dict[str, Any] = self.custom.patch_namespaced_custom_object(  # type: ignore[assignment]
-                GROUP, VERSION, namespace, plural, name, body
-            )
+            result: dict[str, Any] = method(GROUP, VERSION, namespace, plural, name, body)
         except ApiException as error:
             if error.status == 404:
                 return None

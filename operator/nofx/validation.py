@@ -88,12 +88,6 @@ def find_cycle(steps: Sequence[Step]) -> list[str] | None:
     return None
 
 
-def referenced_agents(spec: TemplateSpec) -> list[str]:
-    """Names of the Agents the plan's steps refer to by agentRef, sorted."""
-    steps = [*spec.steps, *(spec.finally_ or ())]
-    return sorted({step.agent_ref.name for step in steps if step.agent_ref})
-
-
 def resolve_parameters(
     declared: Sequence[Parameter] | None, given: Mapping[str, Any] | None
 ) -> tuple[dict[str, Any], list[str]]:

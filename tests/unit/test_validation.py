@@ -11,7 +11,6 @@ from nofx.validation import (
     MAX_FOR_EACH_ITEMS,
     expand_for_each,
     find_cycle,
-    referenced_agents,
     resolve_parameters,
     spec_hash,
     validate_plan,
@@ -277,16 +276,6 @@ def test_spec_hash_is_canonical() -> None:
     assert spec_hash({"x": 1, "y": [1, 2]}) == spec_hash({"y": [1, 2], "x": 1})
     assert spec_hash(spec) != spec_hash(plan(step("a"), step("b")))
     assert len(spec_hash(spec)) == 64
-
-
-def test_referenced_agents() -> None:
-    spec = plan(
-        step("a"),
-        {"name": "b", "agentRef": {"name": "reviewer"}},
-        {"name": "c", "agentSelector": {"skills": ["coding"]}},
-        finally_=[{"name": "d", "agentRef": {"name": "planner"}}],
-    )
-    assert referenced_agents(spec) == ["coder", "planner", "reviewer"]
 
 
 def sample_docs(kind: str) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from nofx.api.run import AuditOutbox, RunStatus
 from nofx.decisions import AttemptFinished, Transition
+from nofx.mirror.chain import stream_name
 from nofx.mirror.records import AuditEvent, UsageRecord
 
 EVENT = "event"
@@ -80,15 +81,12 @@ def record(
         status.audit = AuditOutbox.model_validate({"nextSeq": seq, "pending": pending or None})
 
 
-def usage_key(entry: dict[str, Any]) -> tuple[str, int, int]:
-    return entry["step"], -1 if entry.get("index") is None else entry["index"], entry["attempt"]
-
-
 def entry_key(entry: dict[str, Any]) -> tuple[Any, ...]:
     """What identifies an outbox entry: the event's sequence number, the usage's attempt."""
     if entry["type"] == EVENT:
         return (EVENT, entry["seq"])
-    return (USAGE, *usage_key(entry))
+    index = -1 if entry.get("index") is None else entry["index"]
+    return (USAGE, entry["step"], index, entry["attempt"])
 
 
 def acknowledge(
@@ -109,7 +107,7 @@ def to_records(
         if entry["type"] == EVENT:
             events.append(
                 AuditEvent(
-                    stream=f"run/{uid}",
+                    stream=stream_name("Run", namespace, name, uid),
                     seq=entry["seq"],
                     at=datetime.fromisoformat(entry["at"]),
                     kind="Run",

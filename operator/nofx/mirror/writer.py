@@ -162,7 +162,7 @@ class MirrorWriter:
         for key, body in runs.items():
             pending = ((body.get("status") or {}).get("audit") or {}).get("pending") or []
             if pending:
-                self._acknowledge(key, {outbox.entry_key(entry) for entry in pending})
+                self._acknowledge(key, body, {outbox.entry_key(entry) for entry in pending})
 
     def _write(self, bodies: list[dict[str, Any]]) -> list[AuditEvent]:
         """Every pending entry of these Runs, and their current state, in one transaction."""
@@ -176,14 +176,15 @@ class MirrorWriter:
         self.store.write(events, usage, [run_record(body) for body in bodies])
         return events
 
-    def _acknowledge(self, key: RunKey, stored: set[tuple[Any, ...]]) -> None:
-        """Removes the stored entries from the Run's outbox, keeping any added since."""
+    def _acknowledge(
+        self, key: RunKey, body: dict[str, Any] | None, stored: set[tuple[Any, ...]]
+    ) -> None:
+        """Removes the stored entries from the Run's outbox, keeping any added since. Tries the
+        body it wrote from first; only a conflict (the Run changed meanwhile) costs a GET."""
         for _ in range(5):
-            body = self.kube.get("runs", *key)
             if body is None:
                 return
-            status = body.get("status") or {}
-            audit = status.get("audit") or {}
+            audit = (body.get("status") or {}).get("audit") or {}
             remaining = outbox.acknowledge(audit.get("pending") or [], stored)
             if len(remaining) == len(audit.get("pending") or []):
                 return
@@ -195,7 +196,7 @@ class MirrorWriter:
                 )  # fmt: skip
                 return
             except Conflict:
-                continue
+                body = self.kube.get("runs", *key)
 
     def _report_lag(self) -> None:
         """Age of the oldest event not yet in Postgres: the mirror's lag."""
