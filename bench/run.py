@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -20,12 +21,14 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
+from prometheus_client.parser import text_string_to_metric_families
 
 from nofx.localcluster.controlplane import ControlPlane
 from nofx.localcluster.postgres import PostgresServer
@@ -35,6 +38,7 @@ from nofx.mirror.store import Store
 
 HERE = Path(__file__).resolve().parent
 STEP_SECONDS = "1s"  # every step Pod "runs" this long on kwok
+EVENTS_PER_RUN = 8  # audit events of a three-step Run that succeeds
 
 
 def machine() -> dict[str, Any]:
@@ -172,14 +176,32 @@ class Bench:
         except OSError:
             return None
 
-    def metric(self, name: str) -> float:
-        """Sum of every sample of a metric on the operator's /metrics."""
-        text = self._get(f"http://127.0.0.1:{self.metrics_port}/metrics") or ""
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name) and not line.startswith("#")
+    def scrape(self) -> Samples:
+        """Every sample on the operator's /metrics."""
+        return parse_samples(self._get(f"http://127.0.0.1:{self.metrics_port}/metrics") or "")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of one metric on the operator's /metrics that carry these labels."""
+        return self.scrape().total(name, **labels)
+
+    def mirror_drained(self) -> bool:
+        """No event waits for Postgres, twice in a row (between writes the queue looks empty
+        for a moment)."""
+        if self.metric("nofx_mirror_pending_age_seconds") > 0:
+            return False
+        time.sleep(2)
+        return self.metric("nofx_mirror_pending_age_seconds") == 0
+
+    def apiserver_requests(self) -> Samples:
+        """apiserver_request_total: every request the API server served, by verb and resource."""
+        assert self.api is not None
+        method, url, headers, _, _ = self.api.param_serialize(
+            "GET", "/metrics", auth_settings=["BearerToken"]
         )
+        response = self.api.call_api(method, url, header_params=headers)
+        response.read()
+        text = response.data.decode()
+        return parse_samples(text).only("apiserver_request_total")
 
     def operator_usage(self) -> dict[str, float]:
         assert self.operator and self.operator.popen
@@ -191,6 +213,26 @@ class Bench:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         cpu_seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return {"rss_mib": round(rss_kb / 1024, 1), "cpu_seconds": round(cpu_seconds, 2)}
+
+    @contextlib.contextmanager
+    def profiled(self, out: Path | None) -> Iterator[None]:
+        """py-spy samples the operator (all threads, idle ones left out) while the block runs."""
+        if out is None:
+            yield
+            return
+        assert self.operator and self.operator.popen
+        out.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking",
+            "--pid", str(self.operator.popen.pid), "--rate", "200",
+            "--format", "raw", "--output", str(out / "profile.txt"),
+        ]  # fmt: skip
+        sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            sampler.send_signal(signal.SIGINT)
+            sampler.wait(timeout=60)
 
     # --- scenarios ---
 
@@ -204,7 +246,7 @@ class Bench:
 
         def one(index: int) -> None:
             name = f"limit-{index}"
-            batch.create_namespaced_job(namespace, _job(name))
+            batch.create_namespaced_job(namespace, _job(name, "1h"))
             batch.patch_namespaced_job_status(name, namespace, {"status": {"active": 1}})
 
         started = time.monotonic()
@@ -219,12 +261,51 @@ class Bench:
             "api_writes_per_second": round(2 * jobs / seconds, 1),
         }
 
+    def lifecycle_limit(self, jobs: int, workers: int = 16) -> dict[str, Any]:
+        """The most step Jobs this control plane runs to completion per second: a tight
+        client creates Jobs with the benchmark's Pod lifetime, with no operator involved."""
+        assert self.api is not None
+        namespace = "bench-lifecycle"
+        self.kubectl("create", "namespace", namespace)
+        observer = Observer(self.api, namespace)
+        observer.start()
+        time.sleep(0.5)
+        batch = client.BatchV1Api(self.api)
+        started = time.monotonic()
+        with ThreadPoolExecutor(workers) as pool:
+            list(
+                pool.map(
+                    lambda i: batch.create_namespaced_job(namespace, _job(f"j{i}", STEP_SECONDS)),
+                    range(jobs),
+                )
+            )
+        deadline = time.monotonic() + 600
+        while len(observer.job_done) < jobs and time.monotonic() < deadline:
+            time.sleep(0.2)
+        observer.stop()
+        rate = sustained_rate(list(observer.job_done.values()))
+        self.kubectl("delete", "namespace", namespace, "--wait=false")
+        return {
+            "jobs": jobs,
+            "completed": len(observer.job_done),
+            "seconds": round(time.monotonic() - started, 2),
+            "jobs_per_second": rate,
+        }
+
     def latency(self, rate: float, seconds: float) -> dict[str, Any]:
         """Runs of three sequential steps applied at a steady rate."""
-        assert self.api is not None
         namespace = f"bench-{int(rate)}"
+        return self._runs_at(namespace, int(rate * seconds), rate)
+
+    def throughput(self, runs: int) -> dict[str, Any]:
+        """Runs applied all at once: how many Runs and step Jobs per second the whole system
+        sustains (between the 10th and 90th percentile of finishes), and the mirror under it."""
+        return self._runs_at("bench-throughput", runs, rate=None)
+
+    def _runs_at(self, namespace: str, count: int, rate: float | None) -> dict[str, Any]:
+        assert self.api is not None
         self.kubectl("create", "namespace", namespace)
-        self.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(_agent_and_template()))
+        self.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(_agent_and_templates()))
         time.sleep(1)  # the operator's indexes learn the Agent and Template
         observer = Observer(self.api, namespace)
         observer.start()
@@ -232,32 +313,42 @@ class Bench:
         custom = client.CustomObjectsApi(self.api)
         created: dict[str, float] = {}
         usage_before = self.operator_usage()
-        events_before = self.metric("nofx_mirror_events_total")
-        count = int(rate * seconds)
-        started = time.monotonic()
-        for index in range(count):
-            due = started + index / rate
-            time.sleep(max(0.0, due - time.monotonic()))
+        metrics_before = self.scrape()
+        requests_before = self.apiserver_requests()
+
+        def create(index: int) -> None:
             name = f"r{index}"
             created[name] = time.monotonic()
             custom.create_namespaced_custom_object(
-                "nofx.dev", "v1alpha1", namespace, "runs",
-                {"apiVersion": "nofx.dev/v1alpha1", "kind": "Run", "metadata": {"name": name},
-                 "spec": {"templateRef": {"name": "three"}}},
-            )  # fmt: skip
+                "nofx.dev", "v1alpha1", namespace, "runs", _run(name, "three")
+            )
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            # Open loop: each Run is sent on its schedule, however slow the previous ones were.
+            sent = []
+            for index in range(count):
+                if rate is not None:
+                    time.sleep(max(0.0, started + index / rate - time.monotonic()))
+                sent.append(pool.submit(create, index))
+            for future in sent:
+                future.result()
         applied_for = time.monotonic() - started
-        deadline = time.monotonic() + 120 + seconds
+        deadline = time.monotonic() + 300 + count / 2
         while len(observer.run_done) < count and time.monotonic() < deadline:
             time.sleep(0.5)
         finished_for = time.monotonic() - started
-        mirror_deadline = time.monotonic() + 60
-        while self.metric("nofx_mirror_events_total") - events_before < count * 8 and (
-            time.monotonic() < mirror_deadline
-        ):
+        events_before = metrics_before.total("nofx_mirror_events_total")
+        mirror_deadline = time.monotonic() + 120
+        while self.metric("nofx_mirror_events_total") - events_before < count * EVENTS_PER_RUN:
+            if time.monotonic() > mirror_deadline:
+                break
             time.sleep(0.5)
         mirror_seconds = time.monotonic() - started
         observer.stop()
         usage_after = self.operator_usage()
+        metrics_after = self.scrape()
+        requests = self.apiserver_requests().minus(requests_before)
 
         first_job: dict[str, float] = {}
         by_run: dict[str, dict[str, str]] = {}
@@ -272,14 +363,21 @@ class Bench:
                     next_job.append(
                         observer.job_added[steps[after]] - observer.job_done[steps[before]]
                     )
-        jobs = len(observer.job_added)
+        mirror_events = metrics_after.total("nofx_mirror_events_total") - events_before
+        reconciles = metrics_after.total("nofx_reconcile_duration_seconds_count") - (
+            metrics_before.total("nofx_reconcile_duration_seconds_count")
+        )
+        cpu = usage_after["cpu_seconds"] - usage_before["cpu_seconds"]
+        finishes = list(observer.run_done.values())
+        run_rate = len(finishes) / (max(finishes) - started) if finishes else 0.0
         return {
             "runs_per_second_target": rate,
             "runs": count,
             "succeeded": len(observer.run_done),
             "runs_per_second_applied": round(count / applied_for, 1),
-            "runs_per_second_finished": round(len(observer.run_done) / finished_for, 1),
-            "step_jobs_per_second": round(jobs / finished_for, 1),
+            "runs_per_second_finished": round(run_rate, 1),
+            "step_jobs_per_second": sustained_rate(list(observer.job_done.values())),
+            "wall_seconds": round(finished_for, 1),
             "apply_to_first_job_ms": percentiles(
                 [first_job[r] - created[r] for r in first_job if r in created]
             ),
@@ -287,40 +385,196 @@ class Bench:
             "apply_to_succeeded_ms": percentiles(
                 [observer.run_done[r] - created[r] for r in observer.run_done if r in created]
             ),
-            "operator_cpu_seconds": round(
-                usage_after["cpu_seconds"] - usage_before["cpu_seconds"], 2
-            ),
+            "reconciles_per_run": round(reconciles / count, 2),
+            "operator_cpu_seconds": round(cpu, 2),
+            "operator_cpu_ms_per_run": round(1000 * cpu / count, 1),
             "operator_rss_mib": usage_after["rss_mib"],
-            "mirror_events": int(self.metric("nofx_mirror_events_total") - events_before),
-            "mirror_events_per_second": round(
-                (self.metric("nofx_mirror_events_total") - events_before) / mirror_seconds, 1
+            "api_requests_per_run": requests.per_request_kind(count),
+            "mirror_events": int(mirror_events),
+            "mirror_events_per_second": round(mirror_events / mirror_seconds, 1),
+            "mirror_lag_ms": metrics_after.minus(metrics_before).histogram_quantiles(
+                "nofx_mirror_lag_seconds"
             ),
         }
 
+    def probe(self, namespace: str, runs: int, rate: float) -> dict[str, Any]:
+        """The cost of reconciling: a few Runs applied slowly, measured from the operator's
+        own metrics and CPU time."""
+        before, usage_before = self.scrape(), self.operator_usage()
+        row = self._runs_at(namespace, runs, rate)
+        after, usage_after = self.scrape(), self.operator_usage()
+        delta = after.minus(before)
+        reconciles = delta.total("nofx_reconcile_duration_seconds_count")
+        cpu = usage_after["cpu_seconds"] - usage_before["cpu_seconds"]
+        return {
+            "runs_present": int(after.total("nofx_runs")),
+            "reconciles": int(reconciles),
+            "reconcile_ms_mean": round(
+                1000 * delta.total("nofx_reconcile_duration_seconds_sum") / reconciles, 2
+            ),
+            "operator_cpu_ms_per_reconcile": round(1000 * cpu / reconciles, 2),
+            "apply_to_first_job_ms": row["apply_to_first_job_ms"],
+            "operator_rss_mib": usage_after["rss_mib"],
+        }
 
-def _job(name: str) -> dict[str, Any]:
+    def fill(self, runs: int) -> dict[str, Any]:
+        """Keeps `runs` Runs in the cluster, each waiting for an approval (no Jobs), and
+        measures what holding them costs the operator."""
+        assert self.api is not None
+        namespace = "bench-scale"
+        self.kubectl("create", "namespace", namespace)
+        self.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(_agent_and_templates()))
+        time.sleep(1)
+        custom = client.CustomObjectsApi(self.api)
+        waiting_before = self.metric("nofx_runs", phase="WaitingApproval")
+        usage_before = self.operator_usage()
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(
+                pool.map(
+                    lambda i: custom.create_namespaced_custom_object(
+                        "nofx.dev", "v1alpha1", namespace, "runs", _run(f"held{i}", "gated")
+                    ),
+                    range(runs),
+                )
+            )
+        applied_for = time.monotonic() - started
+        wait_until(
+            lambda: self.metric("nofx_runs", phase="WaitingApproval") - waiting_before >= runs,
+            1800,
+            f"{runs} Runs waiting for approval",
+            interval=2,
+        )
+        wait_until(self.mirror_drained, 1800, "the mirror to store every event", interval=2)
+        settled_for = time.monotonic() - started
+        usage_settled = self.operator_usage()
+        time.sleep(30)
+        usage_idle = self.operator_usage()
+        return {
+            "runs": runs,
+            "applied_seconds": round(applied_for, 1),
+            "settled_seconds": round(settled_for, 1),
+            "operator_cpu_seconds_to_settle": round(
+                usage_settled["cpu_seconds"] - usage_before["cpu_seconds"], 1
+            ),
+            "operator_cpu_percent_idle": round(
+                100 * (usage_idle["cpu_seconds"] - usage_settled["cpu_seconds"]) / 30, 1
+            ),
+            "operator_rss_mib": usage_idle["rss_mib"],
+        }
+
+
+@dataclass
+class Samples:
+    """Prometheus samples: (name, sorted labels) → value."""
+
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+    def total(self, name: str, **labels: str) -> float:
+        wanted = set(labels.items())
+        return sum(v for (n, ls), v in self.values.items() if n == name and wanted <= set(ls))
+
+    def only(self, name: str) -> Samples:
+        return Samples({k: v for k, v in self.values.items() if k[0] == name})
+
+    def minus(self, before: Samples) -> Samples:
+        return Samples({k: v - before.values.get(k, 0.0) for k, v in self.values.items()})
+
+    def per_request_kind(self, runs: int) -> dict[str, float]:
+        """Requests per Run by verb, resource and subresource, e.g. "PATCH runs/status"."""
+        kinds: dict[str, float] = {}
+        for (_, labels), value in self.values.items():
+            label = dict(labels)
+            if value <= 0 or label.get("verb") in ("WATCH", "CONNECT"):
+                continue
+            kind = f"{label.get('verb')} {label.get('resource')}"
+            if label.get("subresource"):
+                kind += f"/{label['subresource']}"
+            kinds[kind] = kinds.get(kind, 0.0) + value
+        return {k: round(v / runs, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+
+    def histogram_quantiles(self, name: str) -> dict[str, float | None]:
+        """p50/p95/p99 in ms of a histogram's observations in this sample, interpolated
+        within buckets as Prometheus' histogram_quantile does."""
+        buckets = sorted(
+            (float(dict(labels)["le"]), value)
+            for (n, labels), value in self.values.items()
+            if n == f"{name}_bucket"
+        )
+        if not buckets or buckets[-1][1] <= 0:
+            return {"p50": None, "p95": None, "p99": None}
+        total = buckets[-1][1]
+        result: dict[str, float | None] = {}
+        for quantile in (0.5, 0.95, 0.99):
+            rank, lower, below = quantile * total, 0.0, 0.0
+            for upper, count in buckets:
+                if count >= rank:
+                    if upper == float("inf"):
+                        result[f"p{int(quantile * 100)}"] = round(lower * 1000, 1)
+                    else:
+                        share = (rank - below) / (count - below) if count > below else 1.0
+                        value = lower + (upper - lower) * share
+                        result[f"p{int(quantile * 100)}"] = round(value * 1000, 1)
+                    break
+                lower, below = upper, count
+        return result
+
+
+def parse_samples(text: str) -> Samples:
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return Samples(values)
+
+
+def sustained_rate(times: list[float]) -> float:
+    """Events per second between the 10th and the 90th percentile of their times: the steady
+    middle, without the ramp-up and the tail."""
+    if len(times) < 10:
+        return 0.0
+    ordered = sorted(times)
+    low, high = ordered[len(ordered) // 10], ordered[(len(ordered) * 9) // 10]
+    count = (len(ordered) * 9) // 10 - len(ordered) // 10
+    return round(count / (high - low), 1) if high > low else 0.0
+
+
+def _job(name: str, duration: str) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name},
         "spec": {
+            "backoffLimit": 0,
             "template": {
-                "metadata": {"annotations": {"kwok.nofx.dev/duration": "1h"}},
+                "metadata": {"annotations": {"kwok.nofx.dev/duration": duration}},
                 "spec": {
                     "restartPolicy": "Never",
                     "containers": [{"name": "c", "image": "example.invalid/limit:1"}],
                 },
-            }
+            },
         },
     }
 
 
-def _agent_and_template() -> dict[str, Any]:
-    steps = [
-        {"name": "a", "agentRef": {"name": "bench"}},
-        {"name": "b", "agentRef": {"name": "bench"}, "dependsOn": ["a"]},
-        {"name": "c", "agentRef": {"name": "bench"}, "dependsOn": ["b"]},
+def _run(name: str, template: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "nofx.dev/v1alpha1",
+        "kind": "Run",
+        "metadata": {"name": name},
+        "spec": {"templateRef": {"name": template}},
+    }
+
+
+def _agent_and_templates() -> dict[str, Any]:
+    """An Agent; "three": three sequential steps; "gated": one step that waits for approval."""
+    agent = {"agentRef": {"name": "bench"}}
+    three = [
+        {"name": "a", **agent},
+        {"name": "b", **agent, "dependsOn": ["a"]},
+        {"name": "c", **agent, "dependsOn": ["b"]},
     ]
+    gated = [{"name": "a", **agent, "approval": {"message": "benchmark: never approved"}}]
     return {
         "apiVersion": "v1",
         "kind": "List",
@@ -335,56 +589,143 @@ def _agent_and_template() -> dict[str, Any]:
                     "pricing": {"perHour": "1"},
                 },
             },
-            {
-                "apiVersion": "nofx.dev/v1alpha1",
-                "kind": "Template",
-                "metadata": {"name": "three"},
-                "spec": {"steps": steps},
-            },
+            *(
+                {
+                    "apiVersion": "nofx.dev/v1alpha1",
+                    "kind": "Template",
+                    "metadata": {"name": name},
+                    "spec": {"steps": steps},
+                }
+                for name, steps in (("three", three), ("gated", gated))
+            ),
         ],
     }
 
 
 def summary(results: dict[str, Any]) -> str:
+    machine_, limit = results["machine"], results["limit"]
     lines = [
         "# NOFX benchmark",
         "",
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
-        f"{results['machine']['memory_gib']} GiB; Python {results['machine']['python']}; "
-        f"step Pods live {STEP_SECONDS} on kwok.",
+        f"Machine: {machine_['cpu']}, {machine_['cores']} cores, {machine_['memory_gib']} GiB; "
+        f"Python {machine_['python']}; step Pods live {results['step_seconds']} on kwok. "
+        "The operator, the control plane (etcd, kube-apiserver, kube-controller-manager, "
+        "kube-scheduler, kwok), Postgres and this benchmark's client share these cores.",
         "",
-        f"Limit (our own client creating Jobs and patching their status, 16 threads): "
-        f"{results['limit']['jobs_per_second']} Jobs/s "
-        f"({results['limit']['api_writes_per_second']} API writes/s).",
+        "## The limit",
         "",
-        "| Runs/s target | applied | finished | step Jobs/s | ratio of limit "
-        "| apply→first Job p50/p95/p99 ms | step done→next Job p50/p95/p99 ms "
-        "| apply→Succeeded p95 ms | mirror events/s |",
+        f"- API writes: our own client creating Jobs and patching their status (16 threads): "
+        f"**{limit['api']['jobs_per_second']} Jobs/s** "
+        f"({limit['api']['api_writes_per_second']} writes/s).",
+        f"- Job lifecycle: our own client creating {limit['lifecycle']['jobs']} Jobs at once, "
+        f"each with a {results['step_seconds']} Pod, no operator: "
+        f"**{limit['lifecycle']['jobs_per_second']} Jobs/s** run to completion.",
+        "",
+        "## Latency and throughput (Runs of three sequential steps)",
+        "",
+        "| Runs/s applied | finished Runs/s | step Jobs/s | apply→first Job p50/p95/p99 ms "
+        "| step done→next Job p50/p95/p99 ms | apply→Succeeded p50/p95 ms "
+        "| operator CPU ms/Run | mirror events/s | mirror lag p95 ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in results["latency"]:
-        first = row["apply_to_first_job_ms"]
-        nxt = row["step_finished_to_next_job_ms"]
+    rows = [*results["latency"], results["throughput"]]
+    for row in rows:
+        first, nxt = row["apply_to_first_job_ms"], row["step_finished_to_next_job_ms"]
         done = row["apply_to_succeeded_ms"]
-        ratio = row["step_jobs_per_second"] / results["limit"]["jobs_per_second"]
-        lines.append(
-            f"| {row['runs_per_second_target']} | {row['runs_per_second_applied']} "
-            f"| {row['runs_per_second_finished']} | {row['step_jobs_per_second']} | {ratio:.0%} "
-            f"| {first['p50']}/{first['p95']}/{first['p99']} "
-            f"| {nxt['p50']}/{nxt['p95']}/{nxt['p99']} "
-            f"| {done['p95']} | {row['mirror_events_per_second']} |"
+        target = row["runs_per_second_target"]
+        applied = f"{row['runs_per_second_applied']}" + (
+            f" (target {target})" if target else f" (all {row['runs']} at once)"
         )
+        lines.append(
+            f"| {applied} | {row['runs_per_second_finished']} | {row['step_jobs_per_second']} "
+            f"| {first['p50']}/{first['p95']}/{first['p99']} "
+            f"| {nxt['p50']}/{nxt['p95']}/{nxt['p99']} | {done['p50']}/{done['p95']} "
+            f"| {row['operator_cpu_ms_per_run']} | {row['mirror_events_per_second']} "
+            f"| {row['mirror_lag_ms']['p95']} |"
+        )
+    throughput = results["throughput"]
     lines += [
         "",
-        "Keys of results.json: `machine` (where it ran); `limit` (jobs, seconds, jobs_per_second,"
-        " api_writes_per_second); `latency` (one entry per target rate: runs, succeeded,"
-        " runs_per_second_applied/finished, step_jobs_per_second, apply_to_first_job_ms,"
-        " step_finished_to_next_job_ms and apply_to_succeeded_ms as n/p50/p95/p99 in"
-        " milliseconds, operator_cpu_seconds, operator_rss_mib, mirror_events,"
-        " mirror_events_per_second).",
+        "API requests per Run at the highest rate, by the whole system (operator, Job "
+        "controller, scheduler, kwok): "
+        + ", ".join(f"{k} {v}" for k, v in throughput["api_requests_per_run"].items() if v >= 0.05)
+        + ".",
+        "",
+        "## Scale",
         "",
     ]
+    scale = results["scale"]
+    held, base, big = scale["held"], scale["baseline"], scale["at_scale"]
+    lines += [
+        f"{held['runs']} Runs held in the cluster (each waiting for an approval): applied in "
+        f"{held['applied_seconds']} s, all reconciled after {held['settled_seconds']} s "
+        f"({held['operator_cpu_seconds_to_settle']} CPU-seconds of the operator); then, idle, "
+        f"the operator uses {held['operator_cpu_percent_idle']} % of a core and "
+        f"{held['operator_rss_mib']} MiB resident.",
+        "",
+        "| Runs present | reconciles | mean reconcile ms | operator CPU ms/reconcile "
+        "| apply→first Job p50/p95 ms | operator RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for probe in (base, big):
+        first = probe["apply_to_first_job_ms"]
+        lines.append(
+            f"| {probe['runs_present']} | {probe['reconciles']} | {probe['reconcile_ms_mean']} "
+            f"| {probe['operator_cpu_ms_per_reconcile']} | {first['p50']}/{first['p95']} "
+            f"| {probe['operator_rss_mib']} |"
+        )
+    lines += ["", "## Against the targets", "", "| target | figure | met |", "| --- | --- | --- |"]
+    for target, figure, met in targets(results):
+        lines.append(f"| {target} | {figure} | {'yes' if met else 'no'} |")
+    lines += ["", KEYS, ""]
     return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    at20 = next((r for r in results["latency"] if r["runs_per_second_target"] == 20), None)
+    p95 = at20["apply_to_first_job_ms"]["p95"] if at20 else None
+    throughput = results["throughput"]["step_jobs_per_second"]
+    lifecycle = results["limit"]["lifecycle"]["jobs_per_second"]
+    api = results["limit"]["api"]["jobs_per_second"]
+    scale = results["scale"]
+    rss = max(scale["held"]["operator_rss_mib"], scale["at_scale"]["operator_rss_mib"])
+    small = scale["baseline"]["operator_cpu_ms_per_reconcile"]
+    big = scale["at_scale"]["operator_cpu_ms_per_reconcile"]
+    return [
+        ("apply→first Job p95 ≤ 100 ms at 20 Runs/s", f"{p95} ms", p95 is not None and p95 <= 100),
+        (
+            "≥ 80 % of the limit (step Jobs/s)",
+            f"{throughput} Jobs/s = {throughput / lifecycle:.0%} of the Job-lifecycle limit, "
+            f"{throughput / api:.0%} of the API-write limit",
+            throughput >= 0.8 * lifecycle,
+        ),
+        ("≤ 400 MB at 10,000 Runs", f"{rss} MiB", rss * 2**20 <= 400e6),
+        (
+            "flat per-event cost",
+            f"{small} → {big} CPU ms per reconcile "
+            f"({scale['baseline']['runs_present']} → {scale['at_scale']['runs_present']} Runs)",
+            big <= 1.25 * small,
+        ),
+    ]
+
+
+KEYS = """Keys of results.json (times in ms as n/p50/p95/p99 unless noted): `machine` (where it
+ran); `step_seconds` (each step Pod's lifetime); `limit.api` (jobs, seconds, jobs_per_second,
+api_writes_per_second: a tight client creating Jobs and patching their status);
+`limit.lifecycle` (jobs, completed, seconds, jobs_per_second: Jobs run to completion with no
+operator); `latency` (one entry per target rate) and `throughput` (all Runs at once), each with
+runs_per_second_target (null for throughput), runs, succeeded, runs_per_second_applied,
+runs_per_second_finished (all Runs, from the first apply to the last finish),
+step_jobs_per_second (sustained: Jobs finished between the 10th and 90th percentile of their
+finish times), wall_seconds, apply_to_first_job_ms, step_finished_to_next_job_ms,
+apply_to_succeeded_ms, reconciles_per_run, operator_cpu_seconds, operator_cpu_ms_per_run,
+operator_rss_mib, api_requests_per_run (every API request of the whole system per Run, by verb
+and resource), mirror_events, mirror_events_per_second, mirror_lag_ms (p50/p95/p99 from the
+operator's histogram); `scale.held` (runs, applied_seconds, settled_seconds,
+operator_cpu_seconds_to_settle, operator_cpu_percent_idle, operator_rss_mib: Runs kept waiting
+for approval); `scale.baseline` and `scale.at_scale` (runs_present, reconciles,
+reconcile_ms_mean, operator_cpu_ms_per_reconcile, apply_to_first_job_ms, operator_rss_mib: a
+probe of Runs applied slowly with few and with many Runs present)."""
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -393,17 +734,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rates = [row["runs_per_second_target"] for row in results["latency"]]
+    rows = results["latency"]
+    rates = [row["runs_per_second_applied"] for row in rows]
     figure, axis = plt.subplots(figsize=(7, 4))
     for key, label in (
         ("apply_to_first_job_ms", "apply → first Job"),
         ("step_finished_to_next_job_ms", "step done → next Job"),
     ):
         for quantile, style in (("p50", "-o"), ("p95", "--o")):
-            axis.plot(rates, [row[key][quantile] for row in results["latency"]], style,
+            axis.plot(rates, [row[key][quantile] for row in rows], style,
                       label=f"{label} {quantile}")  # fmt: skip
+    axis.axhline(100, color="grey", linewidth=0.8, linestyle=":", label="target p95")
     axis.set_xlabel("Runs applied per second")
     axis.set_ylabel("milliseconds")
+    axis.set_yscale("log")
     axis.set_title(f"NOFX operator latency ({results['machine']['cores']} cores)")
     axis.legend(fontsize=8)
     axis.grid(True, alpha=0.3)
@@ -415,27 +759,50 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rates", default="5,20,50", help="Runs/s to apply, comma separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long each rate lasts")
+    parser.add_argument("--throughput-runs", type=int, default=300)
+    parser.add_argument("--scale-runs", type=int, default=10_000)
+    parser.add_argument("--probe-runs", type=int, default=100)
     parser.add_argument("--limit-jobs", type=int, default=600)
+    parser.add_argument("--out", type=Path, default=HERE, help="where the results go")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the operator with py-spy during the throughput scenario "
+        "(writes profile.txt: collapsed stacks, as flamegraph tools read them)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nofx-bench-") as state_dir:
         bench = Bench(Path(state_dir))
         try:
             bench.start()
             results: dict[str, Any] = {"machine": machine(), "step_seconds": STEP_SECONDS}
-            results["latency"] = []
-            for rate in (float(r) for r in args.rates.split(",")):
-                row = bench.latency(rate, args.seconds)
-                print(f"{rate} Runs/s: {row}", flush=True)
-                results["latency"].append(row)
+
+            def step(name: str, value: Any) -> Any:
+                print(f"{name}: {json.dumps(value)}", flush=True)
+                return value
+
+            # First, while the cluster holds nothing else.
+            baseline = step("baseline", bench.probe("bench-probe-few", args.probe_runs, 5))
+            results["latency"] = [
+                step(f"{rate} Runs/s", bench.latency(rate, args.seconds))
+                for rate in (float(r) for r in args.rates.split(","))
+            ]
+            with bench.profiled(args.out if args.profile else None):
+                results["throughput"] = step("throughput", bench.throughput(args.throughput_runs))
+            lifecycle = step("lifecycle limit", bench.lifecycle_limit(args.limit_jobs))
+            held = step("held", bench.fill(args.scale_runs))
+            at_scale = step("at scale", bench.probe("bench-probe-many", args.probe_runs, 5))
+            results["scale"] = {"baseline": baseline, "held": held, "at_scale": at_scale}
             # Last: its long-lived Jobs would otherwise load the controllers during the others.
-            results["limit"] = bench.limit(args.limit_jobs)
-            print(f"limit: {results['limit']}", flush=True)
+            api = step("api limit", bench.limit(args.limit_jobs))
+            results["limit"] = {"api": api, "lifecycle": lifecycle}
         finally:
             bench.stop()
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (HERE / "summary.md").write_text(summary(results))
-    plot(results, HERE / "latency.png")
-    print((HERE / "summary.md").read_text())
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "summary.md").write_text(summary(results))
+    plot(results, args.out / "latency.png")
+    print((args.out / "summary.md").read_text())
     return 0
 
 
