@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +28,9 @@ log = logging.getLogger("nofx.mirror")
 
 RunKey = tuple[str, str]
 BATCH_RUNS = 200  # Runs per transaction
+ACK_THREADS = 8  # acknowledgements in flight at once: each is one API round trip
+RUN_METADATA = ("namespace", "name", "uid", "resourceVersion", "creationTimestamp")
+RUN_STATUS = ("phase", "startedAt", "finishedAt", "audit")
 MAX_BACKOFF = 30.0
 
 
@@ -37,6 +42,17 @@ class Deletion:
     uid: str
     at: datetime
     actor: str | None
+
+
+def mirrored_part(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the mirror reads of a Run: with thousands of Runs queued while Postgres is slow or
+    down, holding their whole bodies (pinned specs, every step) would cost hundreds of MB."""
+    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    return {
+        "metadata": {key: metadata.get(key) for key in RUN_METADATA},
+        "spec": {key: spec[key] for key in ("templateRef", "account") if key in spec},
+        "status": {key: status[key] for key in RUN_STATUS if key in status},
+    }
 
 
 def run_record(body: dict[str, Any]) -> RunRecord:
@@ -69,6 +85,7 @@ class MirrorWriter:
         self._versions: list[SpecVersion | Deletion] = []
         self._recorded: dict[tuple[str, str, str], str | None] = {}
         self._thread = threading.Thread(target=self._loop, name="mirror", daemon=True)
+        self._acks = ThreadPoolExecutor(ACK_THREADS, thread_name_prefix="mirror-ack")
 
     def start(self) -> None:
         self._thread.start()
@@ -77,14 +94,16 @@ class MirrorWriter:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
+        self._acks.shutdown(wait=False, cancel_futures=True)
 
     # --- called from the event loop: must stay cheap ---
 
-    def offer_run(self, body: dict[str, Any]) -> None:
+    def offer_run(self, body: Mapping[str, Any]) -> None:
         """The latest body of a Run whose outbox has entries, or whose phase changed."""
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        run = mirrored_part(body)
+        key = (run["metadata"]["namespace"], run["metadata"]["name"])
         with self._lock:
-            self._runs[key] = body
+            self._runs[key] = run
         self._wake.set()
 
     def offer_version(self, version: SpecVersion | Deletion) -> None:
@@ -159,10 +178,14 @@ class MirrorWriter:
             for key, body in runs.items():
                 if self._runs.get(key) is body:  # a newer body would still need writing
                     del self._runs[key]
-        for key, body in runs.items():
+
+        def acknowledge(item: tuple[RunKey, dict[str, Any]]) -> None:
+            key, body = item
             pending = ((body.get("status") or {}).get("audit") or {}).get("pending") or []
             if pending:
                 self._acknowledge(key, body, {outbox.entry_key(entry) for entry in pending})
+
+        list(self._acks.map(acknowledge, runs.items()))
 
     def _write(self, bodies: list[dict[str, Any]]) -> list[AuditEvent]:
         """Every pending entry of these Runs, and their current state, in one transaction."""
@@ -189,11 +212,14 @@ class MirrorWriter:
             if len(remaining) == len(audit.get("pending") or []):
                 return
             try:
-                self.kube.patch_status(
+                written = self.kube.patch_status(
                     "runs", *key,
                     {"audit": {**audit, "pending": remaining or None}},
                     body["metadata"]["resourceVersion"],
                 )  # fmt: skip
+                if written is not None:
+                    # Nothing the reconciler reads changed: its watch event needs no reconcile.
+                    self.kube.own_writes.add("runs", written)
                 return
             except Conflict:
                 body = self.kube.get("runs", *key)

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -128,7 +128,6 @@ class RunReconciler:
         self._tasks: set[asyncio.Future[None]] = set()
         self._failures: dict[RunKey, int] = {}
         self.mirror: MirrorWriter | None = None  # set when a Postgres mirror is configured
-        self._own_writes: dict[RunKey, str] = {}  # resourceVersion of our last status write
 
     # --- triggering (event loop) ---
 
@@ -165,13 +164,17 @@ class RunReconciler:
         for key in keys:
             self._spawn(key)
 
-    def is_own_write(self, key: RunKey, resource_version: str | None) -> bool:
-        """The watch event of our own status write: it holds nothing the decision behind it
-        did not know, so reconciling it again would only cost."""
-        return resource_version is not None and self._own_writes.get(key) == resource_version
+    def is_own_write(self, key: RunKey, body: Mapping[str, Any]) -> bool:
+        """The watch event of a write of ours (the reconciler's finalizer or status, the
+        mirror's acknowledgement). Not while the Run is being deleted: the mirror's last
+        acknowledgement is what lets the reconciler remove the audit finalizer."""
+        metadata = body["metadata"]
+        return not metadata.get("deletionTimestamp") and self.kube.own_writes.is_echo(
+            "runs", *key, metadata.get("resourceVersion", "")
+        )
 
     def forget(self, key: RunKey) -> None:
-        self._own_writes.pop(key, None)
+        self.kube.own_writes.forget("runs", *key)
         self._failures.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer:
@@ -363,8 +366,8 @@ class RunReconciler:
             )
             if stored is None:
                 return
+            self.kube.own_writes.add("runs", stored)
             body = {**body, "metadata": stored["metadata"]}
-            self._own_writes[key] = stored["metadata"]["resourceVersion"]
         ref = RunRef(run.name, run.namespace, run.uid, run.spec.account)
         for request in decision.create_jobs:
             created = self.kube.create_job(build_job(ref, request))
@@ -397,7 +400,7 @@ class RunReconciler:
             )
             if stored is None:
                 return
-            self._own_writes[key] = stored["metadata"]["resourceVersion"]
+            self.kube.own_writes.add("runs", stored)
             for change in changes:
                 kopf.event(
                     kopf.Body(cast(kopf.RawBody, body)),
@@ -570,8 +573,8 @@ async def run_event(
         if operator.mirror is not None and (body.get("status") or {}).get("audit", {}).get(
             "pending"
         ):
-            operator.mirror.offer_run(dict(body))
-        if not operator.is_own_write(key, body["metadata"].get("resourceVersion")):
+            operator.mirror.offer_run(body)
+        if not operator.is_own_write(key, body):
             await operator.trigger(key, dict(body))
     if parent:
         await operator.trigger((namespace, parent))
