@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import threading
-from collections import defaultdict
 from typing import Any
 
 from kubernetes import client, config
@@ -39,24 +38,30 @@ class OwnWrites:
     event only echoes a write whose effects the writer knew: reconciling it again would only
     cost (an API read, often a conflict)."""
 
+    KEEP = 8  # per object: Kopf may batch several quick events into the last one
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._versions: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        self._versions: dict[tuple[str, str, str], list[str]] = {}
 
     def add(self, plural: str, stored: dict[str, Any]) -> None:
         """Records a write, given the object as stored."""
         metadata = stored["metadata"]
         with self._lock:
-            key = (plural, metadata["namespace"], metadata["name"])
-            self._versions[key].add(metadata["resourceVersion"])
+            versions = self._versions.setdefault(
+                (plural, metadata["namespace"], metadata["name"]), []
+            )
+            versions.append(metadata["resourceVersion"])
+            del versions[: -self.KEEP]
 
     def is_echo(self, plural: str, namespace: str, name: str, resource_version: str) -> bool:
-        """True once for each version we wrote; its event is then consumed."""
+        """True once for each version we wrote. Events come in order, so the writes before it
+        will never be seen again (Kopf skipped them, or they came already)."""
         with self._lock:
-            versions = self._versions.get((plural, namespace, name))
-            if not versions or resource_version not in versions:
+            versions = self._versions.get((plural, namespace, name)) or []
+            if resource_version not in versions:
                 return False
-            versions.discard(resource_version)
+            del versions[: versions.index(resource_version) + 1]
             return True
 
     def forget(self, plural: str, namespace: str, name: str) -> None:
@@ -176,11 +181,13 @@ class Kube:
     def create_job(self, body: dict[str, Any]) -> bool:
         """Creates the Job; False if it already exists (a retried or repeated decision)."""
         try:
-            self.batch.create_namespaced_job(
+            response = self.batch.create_namespaced_job(
                 body["metadata"]["namespace"],
                 body,  # type: ignore[arg-type]
                 _preload_content=False,
             )
+            response.drain_conn()  # type: ignore[attr-defined]
+            response.release_conn()  # type: ignore[attr-defined]
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -214,5 +221,9 @@ class Kube:
 
 
 def _json(response: Any) -> Any:
-    """The body of a response asked for with _preload_content=False."""
-    return json.loads(response.data)
+    """The body of a response asked for with _preload_content=False, its connection back in
+    the pool (else every such request would cost a new TLS handshake)."""
+    try:
+        return json.loads(response.data)
+    finally:
+        response.release_conn()

@@ -29,3 +29,21 @@ def test_forget_drops_what_a_deleted_object_left() -> None:
     own.add("runs", stored("r1", "10"))
     own.forget("runs", "team", "r1")
     assert not own.is_echo("runs", "team", "r1", "10")
+
+
+def test_an_echo_drops_the_writes_before_it() -> None:
+    """Kopf handles only the last of several quick events: the skipped ones never come."""
+    own = OwnWrites()
+    for version in ("10", "11", "12"):
+        own.add("runs", stored("r1", version))
+    assert own.is_echo("runs", "team", "r1", "11")
+    assert not own.is_echo("runs", "team", "r1", "10")
+    assert own.is_echo("runs", "team", "r1", "12")
+
+
+def test_only_the_latest_writes_are_kept() -> None:
+    own = OwnWrites()
+    for version in range(100):
+        own.add("runs", stored("r1", str(version)))
+    assert not own.is_echo("runs", "team", "r1", "0")
+    assert own.is_echo("runs", "team", "r1", "99")
