@@ -204,6 +204,7 @@ class MirrorWriter:
     ) -> None:
         """Removes the stored entries from the Run's outbox, keeping any added since. Tries the
         body it wrote from first; only a conflict (the Run changed meanwhile) costs a GET."""
+        refetched = False
         for _ in range(5):
             if body is None:
                 return
@@ -217,12 +218,14 @@ class MirrorWriter:
                     {"audit": {**audit, "pending": remaining or None}},
                     body["metadata"]["resourceVersion"],
                 )  # fmt: skip
-                if written is not None:
+                if written is not None and not refetched:
                     # Nothing the reconciler reads changed: its watch event needs no reconcile.
+                    # Not after a GET: Kopf may fold the event of a change the reconciler has
+                    # not seen yet into the event of this write.
                     self.kube.own_writes.add("runs", written)
                 return
             except Conflict:
-                body = self.kube.get("runs", *key)
+                body, refetched = self.kube.get("runs", *key), True
 
     def _report_lag(self) -> None:
         """Age of the oldest event not yet in Postgres: the mirror's lag."""
