@@ -4,7 +4,7 @@
 # Prints the cache's bin directory on the last line of stdout.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-k8s_version=v1.34.2
+k8s_version=v1.37.2
 
 key=$( (go version; cat "$here"/*/go.mod "$here"/*/go.sum "$0") | sha256sum | cut -c1-16)
 cache="${NOFX_TOOLS_CACHE:-$HOME/.cache/nofx-tools}/$key"
@@ -19,7 +19,7 @@ mkdir -p "$bin"
 start=$(date +%s)
 export CGO_ENABLED=0
 k8s_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version \
- -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34 \
+ -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 \
  -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version \
  -X k8s.io/component-base/version.gitTreeState=clean"
 
