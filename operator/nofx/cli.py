@@ -53,6 +53,25 @@ def _parser() -> argparse.ArgumentParser:
         default=60,
         help="seconds after which a replica that stopped answering is taken for dead",
     )
+    operator.add_argument(
+        "--max-child-run-depth",
+        type=int,
+        default=5,
+        help="how deep child Runs may nest (a Run a person created is at depth 0)",
+    )
+    operator.add_argument(
+        "--max-child-runs",
+        type=int,
+        default=500,
+        help="how many child Runs one root Run may have, at every depth",
+    )
+    operator.add_argument(
+        "--pod-create-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a step's Job may fail to create its Pod (e.g. a missing ServiceAccount) "
+        "before the attempt fails",
+    )
     _database_options(operator)
     operator.set_defaults(handler=_operator)
 
@@ -144,6 +163,9 @@ def _operator(args: argparse.Namespace) -> int:
             peering_lifetime=args.peering_lifetime,
             database_url=args.database_url,
             region=args.region,
+            max_child_run_depth=args.max_child_run_depth,
+            max_child_runs=args.max_child_runs,
+            pod_create_timeout=args.pod_create_timeout,
         )
     )
     return 0

@@ -16,9 +16,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
+
 from nofx import templating, validation
 from nofx.api.agent import AgentSpec
 from nofx.api.common import READY, SUCCEEDED, Condition, parse_duration
+from nofx.api.reasons import TERMINAL_STEP_REASONS, Reason
 from nofx.api.run import (
     Pinned,
     PinnedAgent,
@@ -35,9 +38,29 @@ TERMINAL_RUN_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
 TERMINAL_STEP_PHASES = frozenset({"Succeeded", "Failed", "Skipped", "Cancelled"})
 MAX_OUTPUT_BYTES = 4096  # the kubelet's own limit on a termination message
 MAX_OUTPUT_KEYS = 32  # status.steps[].outputs maxProperties
+MAX_OUTPUT_NESTING = 32  # deeper JSON would make every later reader recurse that deep
 MAX_MESSAGE = 4096  # status messages' maxLength
 UPSTREAM_FAILED = "skipped: upstream"
 MIRROR_WAIT = timedelta(seconds=5)
+MINUTE = timedelta(minutes=1)
+# A Job without a Pod this long is asked why (the Job controller's FailedCreate Events); one
+# that still has none, with an error, Limits.pod_create_timeout after its creation fails the
+# attempt.
+POD_START_CHECK = timedelta(seconds=5)
+# What the steps of a plan may add to a Run's status at most: etcd refuses objects over 1.5 MiB,
+# and the spec, the pinned plan and metadata need room too.
+MAX_STATUS_STEP_ENTRIES = 1000  # status.steps maxItems
+MAX_STATUS_STEP_BYTES = 1024 * 1024
+STEP_ENTRY_OVERHEAD = 512  # name, phase, times, job name and a short message of one entry
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds set per install (operator flags)."""
+
+    max_depth: int = 5  # how deep child Runs nest; a root Run is at depth 0
+    max_runs: int = 500  # child Runs under one root Run, at every depth
+    pod_create_timeout: timedelta = timedelta(seconds=60)  # a Job that cannot create its Pod
 
 
 @dataclass(frozen=True)
@@ -50,12 +73,16 @@ class RunView:
     generation: int
     spec: RunSpec
     status: RunStatus
+    depth: int = 0  # 0 for a Run a person made, parent's + 1 for a child Run
+    root_uid: str | None = None  # uid of the root of its tree of child Runs (its own for a root)
 
 
 @dataclass(frozen=True)
 class ChildRunObservation:
     name: str
-    phase: str | None  # the child's status.phase, or "Missing" once it is known to be deleted
+    # The child's status.phase; "Missing" once it is known to be deleted, "Rejected" when the
+    # API server refused to create it (message says why).
+    phase: str | None
     outputs: dict[str, Any] | None = None
     message: str | None = None
 
@@ -71,6 +98,10 @@ class World:
     jobs: dict[str, JobObservation] = field(default_factory=dict)  # this Run's, by Job name
     child_runs: dict[str, ChildRunObservation] = field(default_factory=dict)
     free_slots: dict[str, int] = field(default_factory=dict)  # agents with maxConcurrentSteps
+    # The namespace's Templates (None: exists but invalid), to find cycles of child Runs.
+    templates: Mapping[str, TemplateSpec | None] = field(default_factory=dict)
+    limits: Limits = Limits()
+    tree_size: int = 0  # child Runs that exist under this Run's root
 
 
 @dataclass(frozen=True)
@@ -123,6 +154,13 @@ def decide(run: RunView, world: World) -> Decision:
     status = run.status.model_copy(deep=True)
     decision = Decision(status)
     status.observed_generation = run.generation
+    # Deciding works again: a ReconcileError shown earlier is over.
+    status.conditions = [c for c in status.conditions or [] if c.type != RECONCILE_ERROR] or None
+    problem = inconsistency(run.status)
+    if problem is not None:
+        abort(decision, world.now, Reason.INCONSISTENT_STATUS, problem)
+        _expire(run, world, decision)
+        return decision
     if status.phase in TERMINAL_RUN_PHASES:
         _expire(run, world, decision)
         return decision
@@ -132,8 +170,71 @@ def decide(run: RunView, world: World) -> Decision:
             _finish(status, world.now, "Cancelled", "Cancelled", "cancelled before it started")
             _expire(run, world, decision)
         return decision
-    _Progress(run, world, decision).advance()
+    try:
+        progress = _Progress(run, world, decision)
+    except ValidationError as error:
+        message = f"status.pinned no longer validates, so the Run cannot go on: {error}"
+        abort(decision, world.now, Reason.INCONSISTENT_STATUS, message)
+        return decision
+    progress.advance()
     return decision
+
+
+RECONCILE_ERROR = "ReconcileError"  # condition type: the operator keeps failing on this Run
+_UNFINISHED_STEP_PHASES = ("Pending", "Waiting", "Running")
+
+
+def inconsistency(status: RunStatus) -> str | None:
+    """What makes a stored status impossible for the operator to have written: someone else
+    wrote runs/status (the operator's alone). None if it is consistent."""
+    unfinished = [_step_label(e) for e in status.steps or [] if e.phase in _UNFINISHED_STEP_PHASES]
+    if status.phase in TERMINAL_RUN_PHASES and unfinished:
+        return (
+            f"status.phase is {status.phase} while {', '.join(unfinished[:5])} had not finished: "
+            "the status was changed by someone other than the operator"
+        )
+    if status.pinned is None and status.phase not in TERMINAL_RUN_PHASES and status.steps:
+        return (
+            "status.pinned is gone although the Run had started: the status was changed by "
+            "someone other than the operator"
+        )
+    return None
+
+
+def abort(decision: Decision, now: datetime, reason: Reason, message: str) -> None:
+    """Fails the Run at once: running work is stopped, work not started is skipped. Needs
+    nothing but the status, so it works when the pinned plan itself is broken."""
+    status = decision.status
+    stopped = f"stopped: the Run failed ({reason})"  # short: the Run's message says why
+    for entry in status.steps or []:
+        if entry.phase == "Running":
+            if entry.job_name and entry.job_name not in decision.delete_jobs:
+                decision.delete_jobs.append(entry.job_name)
+            if entry.child_run_name:
+                decision.cancel_child_runs.append(entry.child_run_name)
+            _end_entry(entry, now, "Cancelled", stopped)
+        elif entry.phase in ("Pending", "Waiting"):
+            _end_entry(entry, now, "Skipped", stopped)
+    decision.create_jobs.clear()
+    decision.create_child_runs.clear()
+    decision.waiting_for.clear()
+    _finish(status, now, "Failed", reason, message)
+
+
+def abort_run(run: RunView, now: datetime, reason: Reason, message: str) -> Decision:
+    """The Decision that fails a Run for a reason found outside decide() (the API server
+    refused its status, or reconciling it keeps failing)."""
+    decision = Decision(run.status.model_copy(deep=True))
+    decision.status.observed_generation = run.generation
+    abort(decision, now, reason, message)
+    return decision
+
+
+def reconcile_error(status: RunStatus, now: datetime, reason: str, message: str) -> RunStatus:
+    """The status with a ReconcileError condition: the operator keeps retrying this Run."""
+    shown = status.model_copy(deep=True)
+    _condition(shown, RECONCILE_ERROR, "True", reason, message, now)
+    return shown
 
 
 # --- before the start: resolve and pin ------------------------------------------------------
@@ -161,11 +262,23 @@ def _pin(run: RunView, world: World, decision: Decision) -> bool:
     parameters, parameter_problems = validation.resolve_parameters(
         plan.parameters or [], spec.parameters or {}
     )
-    problems += parameter_problems
+    problems += parameter_problems + status_bound_problems(plan)
+    cycle = template_cycle(template_name, plan, world.templates)
+    if cycle:
+        problems.append(f"child Runs would start each other without end: {' → '.join(cycle)}")
     if problems:
         _finish(status, world.now, "Failed", "InvalidPlan", "; ".join(problems))
         _condition(status, READY, "False", "InvalidPlan", "; ".join(problems), world.now)
         return False
+
+    for child_template, step_name in _child_templates(plan).items():
+        if child_template not in world.templates or world.templates[child_template] is None:
+            decision.waiting_for.add(("Template", child_template))
+            state = "invalid" if child_template in world.templates else "not found"
+            reason = "TemplateInvalid" if child_template in world.templates else "TemplateMissing"
+            message = f"Template {child_template} of step {step_name} (childRun) {state}"
+            _pending(status, world.now, reason, message)
+            return False
 
     chosen, missing = _choose_agents(plan, world.agents)
     if missing:
@@ -196,6 +309,66 @@ def _pin(run: RunView, world: World, decision: Decision) -> bool:
     _condition(status, READY, "True", "Started", "template and agents pinned", world.now)
     _condition(status, SUCCEEDED, "Unknown", "Running", "the Run is running", world.now)
     return True
+
+
+def _child_templates(plan: TemplateSpec) -> dict[str, str]:
+    """Templates the plan starts as child Runs → the first step that starts each."""
+    found: dict[str, str] = {}
+    for step in [*plan.steps, *(plan.finally_ or [])]:
+        if step.child_run is not None:
+            found.setdefault(step.child_run.template_ref.name, step.name)
+    return found
+
+
+def template_cycle(
+    name: str | None, plan: TemplateSpec, templates: Mapping[str, TemplateSpec | None]
+) -> list[str] | None:
+    """A chain of Templates that start each other as child Runs, from this plan back to a
+    Template already on the chain; None if there is none. Templates that do not exist yet
+    end a chain (they are waited for)."""
+    start = name or "(inline plan)"
+    finished: set[str] = set()
+    # Depth-first without recursion: (template, its children not yet visited).
+    path: list[tuple[str, list[str]]] = [(start, sorted(_child_templates(plan)))]
+    while path:
+        current, children = path[-1]
+        if not children:
+            finished.add(current)
+            path.pop()
+            continue
+        child = children.pop()
+        on_path = [entry[0] for entry in path]
+        if child in on_path:
+            return [*on_path[on_path.index(child) :], child]
+        spec = templates.get(child)
+        if child not in finished and spec is not None:
+            path.append((child, sorted(_child_templates(spec))))
+    return None
+
+
+def status_bound_problems(plan: TemplateSpec) -> list[str]:
+    """What a plan could write into a Run's status at worst, against what a status holds."""
+    entries = size = 0
+    for step in [*plan.steps, *(plan.finally_ or [])]:
+        items = validation.MAX_FOR_EACH_ITEMS if step.for_each else 0
+        entries += 1 + items
+        # Every entry may report full outputs; a forEach step's own entry joins its items'.
+        size += (1 + items) * (STEP_ENTRY_OVERHEAD + MAX_OUTPUT_BYTES) + items * MAX_OUTPUT_BYTES
+    problems = []
+    if entries > MAX_STATUS_STEP_ENTRIES:
+        problems.append(
+            f"the plan can produce {entries} status entries (one per step, and up to "
+            f"{validation.MAX_FOR_EACH_ITEMS} per forEach step); a Run holds at most "
+            f"{MAX_STATUS_STEP_ENTRIES}: use fewer forEach steps, or move them into child Runs"
+        )
+    if size > MAX_STATUS_STEP_BYTES:
+        problems.append(
+            f"the plan's steps can report {size / 2**20:.1f} MiB of outputs ({MAX_OUTPUT_BYTES} "
+            f"bytes per attempt, twice for forEach items); a Run's status holds at most "
+            f"{MAX_STATUS_STEP_BYTES / 2**20:.0f} MiB: use fewer forEach steps, or move them "
+            "into child Runs"
+        )
+    return problems
 
 
 def agent_for(step: Step, agents: dict[str, AgentSpec]) -> str | None:
@@ -277,6 +450,7 @@ class _Progress:
             (entry.name, entry.index): entry for entry in self.status.steps or []
         }
         self.free_slots = dict(world.free_slots)
+        self.child_runs_left = world.limits.max_runs - world.tree_size
         self.for_each_steps = {
             step.name for step in [*self.plan.steps, *(self.plan.finally_ or [])] if step.for_each
         }
@@ -440,19 +614,22 @@ class _Progress:
             return
         attempt = (entry.attempts or 0) + 1
         name = job_name(self.run.name, self.run.uid, step.name, entry.index, attempt)
-        self.decision.create_jobs.append(
-            JobRequest(
-                step=step.name,
-                index=entry.index,
-                attempt=attempt,
-                agent_name=agent_name,
-                agent=agent,
-                inputs=inputs,
-                item=item,
-                timeout_seconds=timeout_seconds(step.timeout),
-                job_name=name,
+        # A Job seen already was created before a crash that kept this status from being
+        # written: it is this attempt, to be read, not created again.
+        if name not in self.world.jobs:
+            self.decision.create_jobs.append(
+                JobRequest(
+                    step=step.name,
+                    index=entry.index,
+                    attempt=attempt,
+                    agent_name=agent_name,
+                    agent=agent,
+                    inputs=inputs,
+                    item=item,
+                    timeout_seconds=timeout_seconds(step.timeout),
+                    job_name=name,
+                )
             )
-        )
         entry.phase = "Running"
         entry.attempts = attempt
         entry.job_name = name
@@ -470,17 +647,25 @@ class _Progress:
             self._start_attempt(step, entry, context, item)
             return
         observation = self.world.jobs.get(entry.job_name or "")
-        if observation is None or observation.state == "Active":
+        if observation is None:
             return
         attempt = entry.attempts or 0
-        outputs, failure = _outcome(observation, step.timeout)
+        if observation.state == "Active":
+            failure = self._pod_start_failure(entry, observation)
+            if failure is None:
+                return
+            outputs: dict[str, Any] = {}
+            reason: Reason | None = Reason.POD_CREATE_FAILED
+            self.decision.delete_jobs.append(observation.name)  # else it keeps trying
+        else:
+            outputs, failure, reason = _outcome(observation, step.timeout)
         self._meter(step, entry, observation, "Succeeded" if failure is None else "Failed")
         if failure is None:
             entry.outputs = outputs
             self._end(entry, "Succeeded", f"attempt {attempt} succeeded")
             return
         limit = step.retries.limit if step.retries else 0
-        if attempt <= limit:
+        if attempt <= limit and reason not in TERMINAL_STEP_REASONS:
             assert step.retries is not None
             backoff = step.retries.backoff
             delay = parse_duration(backoff.duration) * (backoff.factor ** (attempt - 1))
@@ -494,7 +679,28 @@ class _Progress:
             self.decision.wake_no_later_than(entry.next_attempt_at)
             return
         tries = f" after {attempt} attempts" if attempt > 1 else ""
-        self._end(entry, "Failed", f"{failure}{tries}")
+        self._end(entry, "Failed", f"{failure}{tries}", reason)
+
+    def _pod_start_failure(self, entry: StepStatus, job: JobObservation) -> str | None:
+        """Watches a Job that has no Pod yet: says why in the step's message, and gives up
+        (returns why) once it had an error for too long."""
+        if job.pods_started or job.created_at is None:
+            return None
+        age = self.now - job.created_at
+        if age < POD_START_CHECK:
+            self.decision.wake_no_later_than(job.created_at + POD_START_CHECK)
+            return None
+        if job.pod_create_error is None:
+            # Only slow (a busy Job controller or scheduler): look again, less and less often.
+            self.decision.wake_no_later_than(self.now + min(max(age / 2, POD_START_CHECK), MINUTE))
+            return None
+        problem = f"Job {job.name} cannot create its Pod: {job.pod_create_error}"
+        timeout = self.world.limits.pod_create_timeout
+        if age >= timeout:
+            return f"{problem} (for {age.total_seconds():.0f}s)"
+        entry.message = _bounded(f"attempt {entry.attempts} waits: {problem}")
+        self.decision.wake_no_later_than(job.created_at + timeout)
+        return None
 
     def _meter(
         self, step: Step, entry: StepStatus, observation: JobObservation, outcome: str
@@ -613,6 +819,22 @@ class _Progress:
             self._end(entry, "Failed", f"childRun parameters: {error}")
             return
         name = child_run_name(self.run.name, self.run.uid, step.name, entry.index)
+        limits = self.world.limits
+        if self.run.depth + 1 > limits.max_depth:
+            message = (
+                f"child Run {name} would be at depth {self.run.depth + 1}; the operator allows "
+                f"{limits.max_depth} (--max-child-run-depth)"
+            )
+            self._end(entry, "Failed", message, Reason.CHILD_RUN_LIMIT)
+            return
+        if self.child_runs_left <= 0:
+            message = (
+                f"the tree of this Run's root already holds {limits.max_runs} child Runs, the "
+                "operator's limit (--max-child-runs)"
+            )
+            self._end(entry, "Failed", message, Reason.CHILD_RUN_LIMIT)
+            return
+        self.child_runs_left -= 1
         self.decision.create_child_runs.append(
             ChildRunRequest(
                 name=name,
@@ -632,6 +854,10 @@ class _Progress:
         if child is not None and child.phase == "Missing":
             self._end(entry, "Failed", f"child Run {child.name} was deleted before it finished")
             return
+        if child is not None and child.phase == "Rejected":
+            message = f"the API server refused child Run {child.name}: {child.message}"
+            self._end(entry, "Failed", message, Reason.CHILD_RUN_REJECTED)
+            return
         if child is None or child.phase not in TERMINAL_RUN_PHASES:
             return
         if child.phase == "Succeeded":
@@ -647,11 +873,10 @@ class _Progress:
         entry.phase = "Waiting"
         entry.message = _bounded(message)
 
-    def _end(self, entry: StepStatus, phase: str, message: str) -> None:
-        entry.phase = phase  # type: ignore[assignment]
-        entry.message = _bounded(message)
-        entry.finished_at = self.now
-        entry.next_attempt_at = None
+    def _end(
+        self, entry: StepStatus, phase: str, message: str, reason: Reason | None = None
+    ) -> None:
+        _end_entry(entry, self.now, phase, message, reason)
 
     def _stop_everything(self, phase: str, reason: str, message: str) -> None:
         self._stop([*self.plan.steps, *(self.plan.finally_ or [])], message)
@@ -766,6 +991,16 @@ def _did_not_succeed(entry: StepStatus) -> bool:
     return entry.phase == "Skipped" and (entry.message or "").startswith(UPSTREAM_FAILED)
 
 
+def _end_entry(
+    entry: StepStatus, now: datetime, phase: str, message: str, reason: Reason | None = None
+) -> None:
+    entry.phase = phase  # type: ignore[assignment]
+    entry.reason = reason
+    entry.message = _bounded(message)
+    entry.finished_at = now
+    entry.next_attempt_at = None
+
+
 def _bounded(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
@@ -801,21 +1036,31 @@ def child_run_name(parent: str, parent_uid: str, step: str, index: int | None) -
     return job_name(parent, parent_uid, step, index, 0).rsplit("-", 1)[0]
 
 
-def _outcome(observation: JobObservation, timeout: str | None) -> tuple[dict[str, Any], str | None]:
-    """(outputs, None) for a good attempt, or ({}, why it failed)."""
+def _outcome(
+    observation: JobObservation, timeout: str | None
+) -> tuple[dict[str, Any], str | None, Reason | None]:
+    """(outputs, None, None) for a good attempt, or ({}, why it failed, typed reason)."""
     if observation.state == "Missing":
-        return {}, f"Job {observation.name} disappeared before it finished"
+        return {}, f"Job {observation.name} disappeared before it finished", None
+    if observation.reason == Reason.JOB_REJECTED:
+        message = f"the API server refused Job {observation.name}: {observation.message}"
+        return {}, message, Reason.JOB_REJECTED
     if observation.state == "Failed":
         if observation.reason == "DeadlineExceeded":
-            return {}, f"timed out after {timeout}"
+            return {}, f"timed out after {timeout}", None
         detail = (
             f"exit code {observation.exit_code}"
             if observation.exit_code is not None
             else (observation.reason or "failed")
         )
         message = (observation.termination_message or observation.message or "").strip()
-        return {}, f"{detail}: {message[:500]}" if message else detail
-    return parse_outputs(observation.termination_message)
+        return {}, f"{detail}: {message[:500]}" if message else detail, None
+    if not observation.pod_read:
+        # Outputs live in the Pod's termination message; without it they are unknown.
+        message = f"Job {observation.name} succeeded, but its Pod is gone with its outputs"
+        return {}, message, Reason.OUTPUTS_LOST
+    outputs, problem = parse_outputs(observation.termination_message)
+    return outputs, problem, None
 
 
 def parse_outputs(message: str | None) -> tuple[dict[str, Any], str | None]:
@@ -832,11 +1077,28 @@ def parse_outputs(message: str | None) -> tuple[dict[str, Any], str | None]:
             {},
             f"outputs are not valid JSON ({error.msg} at character {error.pos}): {text[:200]}",
         )
+    except RecursionError:  # nested deeper than the parser goes
+        return {}, f"outputs are nested more than {MAX_OUTPUT_NESTING} levels deep"
+    if _nesting(outputs) > MAX_OUTPUT_NESTING:
+        return {}, f"outputs are nested more than {MAX_OUTPUT_NESTING} levels deep"
     if not isinstance(outputs, dict):
         return {}, f"outputs must be a JSON object, got {type(outputs).__name__}: {text[:200]}"
     if len(outputs) > MAX_OUTPUT_KEYS:
         return {}, f"outputs have {len(outputs)} keys, at most {MAX_OUTPUT_KEYS} are allowed"
     return outputs, None
+
+
+def _nesting(value: Any) -> int:
+    """How deeply lists and objects nest in a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict):
+            current = list(current.values())
+        if isinstance(current, list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in current)
+    return deepest
 
 
 def _finish(status: RunStatus, now: datetime, phase: str, reason: str, message: str) -> None:

@@ -225,7 +225,11 @@ class JobObservation:
     message: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    # From the Pod, read once when the Job finished:
+    created_at: datetime | None = None
+    pods_started: bool = False  # the Job controller created a Pod (it may have ended since)
+    pod_create_error: str | None = None  # why it could not, from its FailedCreate Events
+    # From the Pod's agent container, read once when the Job finished:
+    pod_read: bool = False  # its terminated state was found: outputs below are what it wrote
     termination_message: str | None = None
     exit_code: int | None = None
 
@@ -244,6 +248,7 @@ def observe_job(job: dict[str, Any]) -> JobObservation:
         elif condition["type"] == "Failed":
             state, reason, message = "Failed", condition.get("reason"), condition.get("message")
     index = labels.get(INDEX_LABEL)
+    pods = ("active", "ready", "succeeded", "failed", "terminating")
     return JobObservation(
         name=job["metadata"]["name"],
         step=labels.get(STEP_LABEL, ""),
@@ -254,6 +259,8 @@ def observe_job(job: dict[str, Any]) -> JobObservation:
         message=message,
         started_at=_time(status.get("startTime")),
         finished_at=_time(status.get("completionTime")),
+        created_at=_time(job["metadata"].get("creationTimestamp")),
+        pods_started=any(status.get(count) for count in pods) or state != "Active",
     )
 
 
@@ -269,6 +276,7 @@ def with_pod(observation: JobObservation, pod: dict[str, Any] | None) -> JobObse
             return observation
         return replace(
             observation,
+            pod_read=True,
             termination_message=terminated.get("message"),
             exit_code=terminated.get("exitCode"),
             started_at=_time(terminated.get("startedAt")) or observation.started_at,

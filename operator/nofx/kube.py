@@ -21,6 +21,40 @@ class Conflict(Exception):
     """The object changed since it was read; read it again and decide again."""
 
 
+class Rejected(Exception):
+    """The API server refused a write as invalid, forbidden or too large: sending it again
+    would only be refused again. The message is the server's own."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    @property
+    def too_large(self) -> bool:
+        return self.status == 413 or "too large" in self.message or "Too many" in self.message
+
+
+# 400 Bad Request, 403 Forbidden (RBAC, admission policies, quota), 413, 422 Invalid.
+_REFUSALS = frozenset({400, 403, 413, 422})
+
+
+def _rejected(error: ApiException) -> Rejected | None:
+    """The Rejected an API error stands for, if it is one. etcd's own size limit comes back as
+    a 500 whose message says so."""
+    message = _server_message(error)
+    if error.status in _REFUSALS or (error.status == 500 and "request is too large" in message):
+        return Rejected(error.status or 0, message)
+    return None
+
+
+def _server_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(error.reason or error)
+
+
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     """In a Pod: its service account; elsewhere: KUBECONFIG or ~/.kube/config."""
     configuration = client.Configuration()
@@ -127,17 +161,18 @@ class Kube:
                 return None
             if error.status == 409:
                 raise Conflict(f"{plural}/{name} changed") from error
-            raise
+            raise _rejected(error) or error from error
         return result
 
     def create(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
-        """Creates the object; False if one of that name already exists."""
+        """Creates the object; False if one of that name already exists, Rejected if the API
+        server refuses it."""
         try:
             self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
         except ApiException as error:
             if error.status == 409:
                 return False
-            raise
+            raise _rejected(error) or error from error
         return True
 
     def patch_spec(self, plural: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
@@ -179,7 +214,8 @@ class Kube:
     # of the operator's CPU under load): these ask for the raw JSON instead.
 
     def create_job(self, body: dict[str, Any]) -> bool:
-        """Creates the Job; False if it already exists (a retried or repeated decision)."""
+        """Creates the Job; False if it already exists (a retried or repeated decision),
+        Rejected if the API server refuses it."""
         try:
             response = self.batch.create_namespaced_job(
                 body["metadata"]["namespace"],
@@ -191,7 +227,7 @@ class Kube:
         except ApiException as error:
             if error.status == 409:
                 return False
-            raise
+            raise _rejected(error) or error from error
         return True
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -210,6 +246,21 @@ class Kube:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+    def pod_create_error(self, namespace: str, job_name: str) -> str | None:
+        """Why the Job controller could not create the Job's Pod, from its latest FailedCreate
+        Event (e.g. a missing ServiceAccount, a quota, an admission policy)."""
+        response = self.core.list_namespaced_event(
+            namespace,
+            field_selector=f"involvedObject.kind=Job,involvedObject.name={job_name},"
+            "reason=FailedCreate",
+            _preload_content=False,
+        )
+        events: list[dict[str, Any]] = _json(response)["items"]
+        if not events:
+            return None
+        latest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return str(latest.get("message") or "FailedCreate")
 
     def job_pod(self, namespace: str, job_name: str) -> dict[str, Any] | None:
         """The Pod of a finished Job (backoffLimit 0: there is at most one that ran)."""

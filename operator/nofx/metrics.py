@@ -28,6 +28,12 @@ NEXT_JOB_SECONDS = Histogram(
     "From an upstream step's Job finishing to the creation of the next step's Job.",
     buckets=LATENCY_BUCKETS,
 )
+RECONCILE_ERRORS = Counter(
+    "nofx_reconcile_errors_total",
+    "Run reconciles that raised: transient (an outage, retried while it lasts) or not (a fault "
+    "that fails the Run after a few tries).",
+    ["transient"],
+)
 
 _phases: dict[tuple[str, str], str] = {}
 

@@ -8,12 +8,14 @@ import logging
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, cast
 
 import kopf
 from prometheus_client import start_http_server
 
 from nofx import kube, metrics
+from nofx.decisions import Limits
 from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
 from nofx.reconcilers import agents, runs, templates  # noqa: F401 - importing registers handlers
@@ -25,6 +27,7 @@ INDEXES = (
     "jobs_by_run",
     "active_jobs_by_agent",
     "child_runs_by_parent",
+    "child_runs_by_root",
     "agents_by_namespace",
     "templates_by_namespace",
 )
@@ -41,6 +44,9 @@ class Options:
     database_url: str | None = None  # the Postgres mirror; none: no mirror
     region: str = "local"
     workers: int = 16
+    max_child_run_depth: int = 5
+    max_child_runs: int = 500
+    pod_create_timeout: float = 60.0
 
 
 OPTIONS = Options()
@@ -83,7 +89,14 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=OPTIONS.workers, thread_name_prefix="reconcile")
     )
-    reconciler = runs.RunReconciler(kube.Kube(kube.load_config(OPTIONS.kubeconfig)))
+    reconciler = runs.RunReconciler(
+        kube.Kube(kube.load_config(OPTIONS.kubeconfig)),
+        Limits(
+            OPTIONS.max_child_run_depth,
+            OPTIONS.max_child_runs,
+            timedelta(seconds=OPTIONS.pod_create_timeout),
+        ),
+    )
     reconciler.indexes = {name: kwargs[name] for name in INDEXES}
     if OPTIONS.database_url:
         # Opening the pool does not wait for Postgres: the operator runs while it is down.

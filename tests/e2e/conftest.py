@@ -134,7 +134,13 @@ class OperatorProcess:
 def operator(
     control_plane: ControlPlane, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(control_plane, tmp_path_factory.mktemp("operator"), "--standalone")
+    # A short Pod-creation timeout keeps the test of a Pod that cannot be created short.
+    process = OperatorProcess(
+        control_plane,
+        tmp_path_factory.mktemp("operator"),
+        "--standalone",
+        "--pod-create-timeout=15",
+    )
     process.start()
     try:
         yield process

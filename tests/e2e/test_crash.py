@@ -1,27 +1,37 @@
-"""Exactly once under crashes: the operator is SIGKILLed again and again while 20 Runs are in
-flight. A watch of our own records every Job the API server ever created and every status each
-Run ever had."""
+"""Exactly once under crashes: the operator is SIGKILLed again and again, and Postgres goes away
+for a while, as 150 Runs whose steps read the outputs of the step before run through a flaky step
+with retries. A watch of our own records every Job the API server ever created and every status
+each Run ever had; Postgres must hold every audit event once, in order, chained.
+
+`make chaos` runs it larger (NOFX_CHAOS_RUNS, NOFX_CHAOS_KILLS)."""
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 from kubernetes import client, config, watch
 
 from nofx.localcluster.controlplane import ControlPlane
+from nofx.localcluster.postgres import PostgresServer
 
-from ..conftest import Kubectl
+from ..conftest import Kubectl, new_postgres
 from .conftest import OperatorProcess
 from .objects import agent, apply, run, step, template
 
-RUNS = 20
-KILLS = 5
+RUNS = int(os.environ.get("NOFX_CHAOS_RUNS", "150"))
+KILLS = int(os.environ.get("NOFX_CHAOS_KILLS", "25"))
+OUTAGE_SECONDS = 15
 # Within one attempt: not started, running, failed and waiting to retry, finished.
 RANK = {"Pending": 0, "Waiting": 0, "Running": 1, "Retrying": 2}
 
@@ -95,20 +105,54 @@ def _progress(entry: dict) -> tuple[int, int]:
     return entry.get("attempts") or 0, RANK.get(phase, 3)
 
 
-def test_sigkilled_operator_never_runs_a_step_twice(
+def test_sigkilled_operator_and_postgres_outage_lose_nothing_and_run_nothing_twice(
     start_plane: Callable[..., ControlPlane], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     isolated_plane = start_plane("crash-plane")
     kubectl = Kubectl(isolated_plane.kubeconfig)
     namespace = "crash"
     kubectl("create", "namespace", namespace)
+    postgres = new_postgres()
+    postgres.start()
     recorder = Recorder(isolated_plane.kubeconfig, namespace)
-    recorder.start()
     operator = OperatorProcess(
-        isolated_plane, tmp_path_factory.mktemp("crash-operator"), "--standalone"
-    )
-    operator.start()
+        isolated_plane, tmp_path_factory.mktemp("crash-operator"), "--standalone",
+        "--database-url", postgres.dsn, "--region", "crash",
+    )  # fmt: skip
+    try:
+        nofx(postgres.dsn, "db", "migrate")
+        recorder.start()
+        operator.start()
+        chaos(kubectl, namespace, operator, postgres)
+        phases = wait_finished(kubectl, namespace, timeout=300 + 2 * RUNS)
+        operator.stop()
+        time.sleep(1)  # let the watches deliver the last events
+        recorder.stop()
 
+        assert phases == {f"crash-{i}": "Succeeded" for i in range(RUNS)}
+        for body in kubectl.json("get", "runs", "-n", namespace)["items"]:
+            n = body["metadata"]["name"].removeprefix("crash-")
+            test = next(s for s in body["status"]["steps"] if s["name"] == "test")
+            assert test["outputs"] == {"checked": n}, "outputs passed down through the crashes"
+        duplicated = {name: uids for name, uids in recorder.job_uids.items() if len(uids) > 1}
+        assert duplicated == {}, "a step attempt got a second Job"
+        # Every Run: plan and test once; code failed once and succeeded on attempt 2.
+        assert len(recorder.job_uids) == RUNS * 4
+        for key, history in recorder.step_history.items():
+            assert history == sorted(history), f"step status of {key} went backwards: {history}"
+        assert_audit_complete(kubectl, namespace, postgres)
+    finally:
+        operator.stop()
+        recorder.stop()
+        postgres.stop()
+        shutil.rmtree(postgres.directory.parent, ignore_errors=True)
+
+
+def chaos(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess, postgres: PostgresServer
+) -> None:
+    """Applies the Runs while the operator is killed at random moments; Postgres is down for
+    a while in the middle of it."""
     retry = {"limit": 2, "backoff": {"duration": "1s", "factor": 1}}
     apply(
         kubectl,
@@ -116,47 +160,88 @@ def test_sigkilled_operator_never_runs_a_step_twice(
         agent("echo", {"kwok.nofx.dev/duration": "500ms"}),
         agent("flaky", {"kwok.nofx.dev/duration": "500ms", "kwok.nofx.dev/fail-attempts": "1"}),
         template(
-            "diamond",
+            "chain",
             [
                 step("plan", inputs={"n": "{{ params.n }}"}),
-                step("left", "flaky", dependsOn=["plan"], retries=retry),
-                step("right", dependsOn=["plan"], inputs={"from": "{{ steps.plan.outputs.n }}"}),
-                step("join", dependsOn=["left", "right"]),
+                step("code", "flaky", dependsOn=["plan"], retries=retry,
+                     inputs={"result": "{{ steps.plan.outputs.n }}"}),
+                step("test", dependsOn=["code"],
+                     inputs={"checked": "{{ steps.code.outputs.result }}"}),
             ],
             parameters=[{"name": "n"}],
         ),
-    )
-    rng = random.Random(20261124)
-    for i in range(RUNS):
-        apply(
-            kubectl,
-            namespace,
-            run(f"crash-{i}", templateRef={"name": "diamond"}, parameters={"n": str(i)}),
-        )
-        if i % 4 == 3:
-            time.sleep(rng.uniform(0.1, 0.6))
-    for _ in range(KILLS):
-        time.sleep(rng.uniform(0.3, 2.5))
-        operator.kill()
-        time.sleep(rng.uniform(0.0, 1.0))
-        operator.start()
+    )  # fmt: skip
+    rng = random.Random(20261202)
+    kill_at = sorted(rng.uniform(0, RUNS / 4) for _ in range(KILLS))  # seconds from now
+    outage_at = RUNS / 8
+    started, applied, killed, outage, outage_ends = time.monotonic(), 0, 0, False, 0.0
+    while applied < RUNS or killed < KILLS:
+        elapsed = time.monotonic() - started
+        if applied < RUNS:
+            batch = [
+                run(f"crash-{i}", templateRef={"name": "chain"}, parameters={"n": str(i)})
+                for i in range(applied, min(RUNS, applied + 5))
+            ]
+            apply(kubectl, namespace, *batch)
+            applied += len(batch)
+        if not outage and elapsed >= outage_at:
+            postgres.stop()
+            outage = True
+            outage_ends = time.monotonic() + OUTAGE_SECONDS
+        if outage_ends and time.monotonic() >= outage_ends:
+            postgres.start()
+            outage_ends = 0.0
+        if killed < KILLS and elapsed >= kill_at[killed]:
+            operator.kill()
+            time.sleep(rng.uniform(0.0, 0.5))
+            operator.start()
+            killed += 1
+        time.sleep(0.2 if applied < RUNS else 0.05)
+    if outage_ends:
+        time.sleep(max(0.0, outage_ends - time.monotonic()))
+        postgres.start()
 
-    deadline = time.monotonic() + 240
+
+def wait_finished(kubectl: Kubectl, namespace: str, timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
     phases: dict[str, str] = {}
     while time.monotonic() < deadline:
         runs = kubectl.json("get", "runs", "-n", namespace)["items"]
         phases = {r["metadata"]["name"]: (r.get("status") or {}).get("phase", "") for r in runs}
-        if all(p in ("Succeeded", "Failed", "Cancelled") for p in phases.values()):
-            break
-        time.sleep(0.5)
-    operator.stop()
-    time.sleep(1)  # let the watches deliver the last events
-    recorder.stop()
+        if len(phases) == RUNS and all(
+            p in ("Succeeded", "Failed", "Cancelled") for p in phases.values()
+        ):
+            return phases
+        time.sleep(1)
+    return phases
 
-    assert phases == {f"crash-{i}": "Succeeded" for i in range(RUNS)}
-    duplicated = {name: uids for name, uids in recorder.job_uids.items() if len(uids) > 1}
-    assert duplicated == {}, "a step attempt got a second Job"
-    # Every Run: plan, right, join once; left failed once and succeeded on attempt 2.
-    assert len(recorder.job_uids) == RUNS * 5
-    for key, history in recorder.step_history.items():
-        assert history == sorted(history), f"step status of {key} went backwards: {history}"
+
+def assert_audit_complete(kubectl: Kubectl, namespace: str, postgres: PostgresServer) -> None:
+    """Postgres holds every audit event of every Run once, in order, and every chain verifies."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = kubectl.json("get", "runs", "-n", namespace)["items"]
+        if not any(((r.get("status") or {}).get("audit") or {}).get("pending") for r in runs):
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("the mirror did not catch up")
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        for body in runs:
+            rows = conn.execute(
+                "SELECT seq FROM audit_events WHERE stream = %s ORDER BY seq",
+                (f"run/{body['metadata']['uid']}",),
+            ).fetchall()
+            expected = body["status"]["audit"]["nextSeq"] - 1
+            assert [r[0] for r in rows] == list(range(1, expected + 1)), body["metadata"]["name"]
+    verify = nofx(postgres.dsn, "audit", "verify")
+    assert "every hash chain verifies" in verify
+
+
+def nofx(dsn: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "nofx.cli", *args, "--database-url", dsn, "--region", "crash"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout

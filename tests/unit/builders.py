@@ -96,6 +96,16 @@ def condition(status: RunStatus, kind: str) -> tuple[str, str, str]:
     return found[0].status, found[0].reason, found[0].message
 
 
+def child_templates(plan: TemplateSpec | None) -> dict[str, TemplateSpec | None]:
+    """A one-step Template for each Template the plan starts as a child Run: they exist."""
+    steps = [*plan.steps, *(plan.finally_ or [])] if plan else []
+    return {
+        s.child_run.template_ref.name: template(step("work"))
+        for s in steps
+        if s.child_run is not None
+    }
+
+
 # --- the order steps move in ----------------------------------------------------------------
 
 RANK = {"Pending": 0, "Waiting": 1, "Running": 2} | dict.fromkeys(TERMINAL_STEP_PHASES, 3)
@@ -154,6 +164,7 @@ class Sim:
             template=template,
             agents=dict(AGENTS if agents is None else agents),
             free_slots=dict(free_slots or {}),
+            templates=child_templates(template or spec.inline_template()),
         )
         self.last = Decision(self.status)
         self.created_jobs: list[str] = []
@@ -254,6 +265,7 @@ class Sim:
             termination_message=termination,
             exit_code=exit_code,
             finished_at=self.now,
+            pod_read=True,
         )
         self.world = replace(self.world, jobs=jobs)
 

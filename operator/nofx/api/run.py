@@ -7,6 +7,7 @@ from pydantic import ConfigDict, Field
 
 from nofx.api.common import (
     AGE_COLUMN,
+    CONDITION_REASON,
     MAX_FINALLY_STEPS,
     MAX_PARAMETERS,
     MAX_STEPS,
@@ -216,6 +217,12 @@ class StepStatus(ApiModel):
     phase: StepPhase = Field(
         description="Pending, Waiting (for approval or retry backoff), Running, Succeeded, "
         "Failed, Skipped or Cancelled."
+    )
+    reason: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=CONDITION_REASON,
+        description="Why a step failed in a way a tool can match on, e.g. JobRejected.",
     )
     attempts: int | None = Field(default=None, ge=0, description="Attempts started so far.")
     job_name: Name | None = Field(default=None, description="Job of the current or last attempt.")

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -26,15 +26,22 @@ from pydantic import ValidationError
 from nofx import metrics
 from nofx.api.agent import AgentSpec
 from nofx.api.common import API_VERSION, GROUP, VERSION
-from nofx.api.run import RunSpec, RunStatus
+from nofx.api.reasons import Reason
+from nofx.api.run import AuditOutbox, RunSpec, RunStatus
 from nofx.api.template import TemplateSpec
 from nofx.decisions import (
+    POD_START_CHECK,
+    TERMINAL_RUN_PHASES,
+    TERMINAL_STEP_PHASES,
     ChildRunObservation,
     ChildRunRequest,
     Decision,
+    Limits,
     RunView,
     World,
+    abort_run,
     decide,
+    reconcile_error,
     transitions,
 )
 from nofx.jobs import (
@@ -43,24 +50,28 @@ from nofx.jobs import (
     MANAGED_BY,
     RUN_LABEL,
     JobObservation,
+    JobRequest,
     RunRef,
     build_job,
+    job_name,
     label_value,
     observe_job,
     with_pod,
 )
-from nofx.kube import Conflict, Kube
+from nofx.kube import Conflict, Kube, Rejected
 from nofx.mirror import outbox
 from nofx.mirror.writer import MirrorWriter
+from nofx.reconcilers.errors import ErrorBudget, is_transient
 from nofx.slots import AgentSlots
 
 log = logging.getLogger("nofx.runs")
 
 RunKey = tuple[str, str]  # (namespace, name)
 PARENT_LABEL = "nofx.dev/parent-run"
+ROOT_LABEL = "nofx.dev/root-run"  # uid of the Run at the root of a tree of child Runs
+DEPTH_LABEL = "nofx.dev/depth"  # how many parents a child Run has
 AUDIT_FINALIZER = "nofx.dev/audit"
 MAX_CONFLICT_RETRIES = 5
-RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass
@@ -116,8 +127,9 @@ class Waiters:
 
 
 class RunReconciler:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, limits: Limits | None = None) -> None:
         self.kube = kube
+        self.limits = limits or Limits()
         self.slots = AgentSlots()
         self.waiters = Waiters()
         self.indexes: dict[str, Any] = {}
@@ -126,7 +138,7 @@ class RunReconciler:
         self._timers: dict[RunKey, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[None]] = set()
-        self._failures: dict[RunKey, int] = {}
+        self.errors = ErrorBudget()
         self.mirror: MirrorWriter | None = None  # set when a Postgres mirror is configured
 
     # --- triggering (event loop) ---
@@ -144,21 +156,49 @@ class RunReconciler:
                 observed = self._observe(key)
                 try:
                     await asyncio.to_thread(self._reconcile, key, body, observed)
-                    self._failures.pop(key, None)
-                except Exception:
-                    # An API server restarting, a timeout: try again later, with backoff; the
-                    # decision is recomputed from scratch, so a retry never repeats work.
-                    failures = self._failures[key] = self._failures.get(key, 0) + 1
-                    delay = min(RETRY_MAX_SECONDS, 0.5 * 2**failures)
-                    log.exception(
-                        "reconcile failed; retrying in %.1f s", delay, extra={"run": key[1]}
-                    )
-                    self._wake_at(key, datetime.now(UTC) + timedelta(seconds=delay))
+                    self.errors.forget(key)
+                except Exception as error:
+                    await asyncio.to_thread(self._failed, key, error)
                 if key not in self._again:
                     return
                 body = self._again.pop(key)
         finally:
             self._busy.discard(key)
+
+    def _failed(self, key: RunKey, error: Exception) -> None:
+        """A reconcile raised. The decision is recomputed from scratch on retry, so a retry
+        never repeats work. An outage (transient) is retried with capped backoff for as long as
+        it lasts, shown on the Run once it lasted; anything else is a fault of this Run or of
+        the operator that retrying will not mend: after a few tries the Run fails with it."""
+        transient = is_transient(error)
+        failures, delay = self.errors.failed(key)
+        detail = f"{type(error).__name__}: {error}"[:1000]
+        metrics.RECONCILE_ERRORS.labels(transient=str(transient).lower()).inc()
+        log.error(
+            "reconcile failed; retrying in %.1f s",
+            delay,
+            exc_info=error,
+            extra={"run": key[1], "failures": failures, "transient": transient},
+        )
+        self._wake_at(key, datetime.now(UTC) + timedelta(seconds=delay))
+        if failures < self.errors.show_after(transient):
+            return
+        try:
+            body = self.kube.get("runs", *key)
+            if body is None:
+                return
+            status = RunStatus.model_validate(body.get("status") or {})
+            now = datetime.now(UTC)
+            if transient:
+                message = f"retrying after {failures} failures: {detail}"
+                shown = reconcile_error(status, now, type(error).__name__, message)
+                self._patch_status(key, body, shown.to_dict(), status.to_dict())
+                return
+            run = _view(key, body, RunSpec.model_validate(body.get("spec") or {}), status)
+            message = f"the operator failed on this Run {failures} times: {detail}"
+            self._apply(run, body, abort_run(run, now, Reason.RECONCILE_ERROR, message), {}, 0)
+        except Exception:
+            log.exception("could not report the failure on the Run", extra={"run": key[1]})
 
     def trigger_soon(self, keys: Iterable[RunKey]) -> None:
         for key in keys:
@@ -175,7 +215,7 @@ class RunReconciler:
 
     def forget(self, key: RunKey) -> None:
         self.kube.own_writes.forget("runs", *key)
-        self._failures.pop(key, None)
+        self.errors.forget(key)
         timer = self._timers.pop(key, None)
         if timer:
             timer.cancel()
@@ -183,19 +223,20 @@ class RunReconciler:
         metrics.forget_run(key)
 
     def _wake_at(self, key: RunKey, when: datetime | None) -> None:
-        """Called from the reconcile thread: one timer per Run, the earliest wins."""
-        if when is None or self._loop is None:
+        """Called from the reconcile thread: one timer per Run, set to when its latest
+        decision wants another look (None: none). Each decision sees the whole Run, so the
+        latest one knows every deadline that is still to come."""
+        if self._loop is None:
             return
-        delay = max(0.0, (when - datetime.now(UTC)).total_seconds()) + 0.05
         loop = self._loop
 
         def arm() -> None:
-            previous = self._timers.get(key)
-            if previous and previous.when() <= loop.time() + delay and not previous.cancelled():
-                return
+            previous = self._timers.pop(key, None)
             if previous:
                 previous.cancel()
-            self._timers[key] = loop.call_later(delay, self._fire, key)
+            if when is not None:
+                delay = max(0.0, (when - datetime.now(UTC)).total_seconds()) + 0.05
+                self._timers[key] = loop.call_later(delay, self._fire, key)
 
         loop.call_soon_threadsafe(arm)
 
@@ -244,34 +285,23 @@ class RunReconciler:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
     def _reconcile_body(self, key: RunKey, body: dict[str, Any], observed: Observed) -> None:
-        namespace, name = key
+        namespace = key[0]
         metadata = body["metadata"]
         if metadata.get("deletionTimestamp"):
             self._let_go(key, body)
             return
-        try:
-            spec = RunSpec.model_validate(body.get("spec") or {})
-            old_status = RunStatus.model_validate(body.get("status") or {})
-        except ValidationError as error:
-            kopf.warn(
-                kopf.Body(cast(kopf.RawBody, body)), reason="InvalidRun", message=str(error)[:1000]
-            )
+        run = self._view_or_fail(key, body)
+        if run is None:
             return
-        run = RunView(
-            name=name,
-            namespace=namespace,
-            uid=metadata["uid"],
-            generation=metadata.get("generation", 1),
-            spec=spec,
-            status=old_status,
-        )
+        spec, old_status = run.spec, run.status
         template, template_invalid = None, False
         if spec.template_ref is not None and old_status.pinned is None:
             template = observed.templates.get(spec.template_ref.name)
             template_invalid = template is None and spec.template_ref.name in observed.templates
         now = datetime.now(UTC)
-        jobs = self._complete_observations(namespace, old_status, observed.jobs)
+        jobs = self._complete_observations(run, observed.jobs, now)
         children = self._complete_children(namespace, old_status, observed.child_runs)
+        root = self.indexes["child_runs_by_root"].get((namespace, run.root_uid), ())
         with self.slots.lock:
             agents = observed.agents if old_status.pinned is None else _pinned_agents(old_status)
             free = {
@@ -288,11 +318,44 @@ class RunReconciler:
                 jobs=jobs,
                 child_runs=children,
                 free_slots=free,
+                templates=observed.templates,
+                limits=self.limits,
+                tree_size=len(root),
             )
             decision = decide(run, world)
             for request in decision.create_jobs:
                 self.slots.reserve(namespace, label_value(request.agent_name), request.job_name)
-        self._apply(run, body, decision, jobs, observed.waiters_version)
+        refused = self._create_children(run, body, decision, jobs)
+        if refused:
+            # What the API server refused is an observation like a failed Job: decide again
+            # with it, so the step fails now and with the server's own words.
+            world = replace(
+                world,
+                jobs={**jobs, **refused.jobs},
+                child_runs={**children, **refused.child_runs},
+            )
+            decision = decide(run, world)
+        self._apply(run, body, decision, world.jobs, observed.waiters_version)
+
+    def _view_or_fail(self, key: RunKey, body: dict[str, Any]) -> RunView | None:
+        """The Run as plain data; a spec or status that does not validate (the API server's
+        schema let it through, or someone rewrote status) fails the Run with the error."""
+        status: RunStatus | None = None
+        try:
+            status = RunStatus.model_validate(body.get("status") or {})
+            spec = RunSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            if status is not None and status.phase in TERMINAL_RUN_PHASES:
+                return None  # failed already: nothing is left to stop
+            where = "spec" if status is not None else "status"
+            reason = Reason.INVALID_SPEC if status is not None else Reason.INCONSISTENT_STATUS
+            message = f"the Run's {where} does not validate: {error}"
+            old = status or RunStatus(audit=_audit_outbox(body))
+            view = _view(key, body, RunSpec.model_construct(), old)  # spec unused when failing
+            failed = abort_run(view, datetime.now(UTC), reason, message)
+            self._apply(view, body, failed, {}, 0, replace_status=status is None)
+            return None
+        return _view(key, body, spec, status)
 
     def _let_go(self, key: RunKey, body: dict[str, Any]) -> None:
         """A Run being deleted: its Jobs go with it (owner references); the audit finalizer
@@ -306,21 +369,37 @@ class RunReconciler:
         self.kube.set_finalizers("runs", *key, remaining, body["metadata"]["resourceVersion"])
 
     def _complete_observations(
-        self, namespace: str, status: RunStatus, indexed: dict[str, JobObservation]
+        self, run: RunView, indexed: dict[str, JobObservation], now: datetime
     ) -> dict[str, JobObservation]:
-        """Adds what the index cannot know: Pods of newly finished Jobs (for outputs and exit
-        codes), and whether a Job missing from the index is only late there, or gone."""
+        """Adds what the index cannot know: the Pod of every finished Job a step may read now
+        (outputs and exit codes live only there), why a Job has no Pod, and whether a Job
+        missing from the index is only late there, or gone.
+
+        A step's next Job may exist and even have finished while its status still says
+        otherwise (the operator died between creating it and recording that): so every
+        unfinished step's current and next attempt is looked at, whatever its phase says."""
+        namespace = run.namespace
         jobs = dict(indexed)
-        for entry in status.steps or []:
-            if entry.phase != "Running" or not entry.job_name:
+        for entry in run.status.steps or []:
+            if entry.phase in TERMINAL_STEP_PHASES or entry.child_run_name:
                 continue
-            job = jobs.get(entry.job_name)
-            if job is None:
-                stored = self.kube.get_job(namespace, entry.job_name)
-                job = observe_job(stored) if stored else _missing(entry.job_name, entry.name)
-            if job.state in ("Succeeded", "Failed"):
-                job = with_pod(job, self.kube.job_pod(namespace, job.name))
-            jobs[job.name] = job
+            attempts = entry.attempts or 0
+            current = entry.job_name if entry.phase == "Running" else None
+            names = [job_name(run.name, run.uid, entry.name, entry.index, attempts + 1)]
+            if current:
+                names.append(current)
+            for name in names:
+                job = jobs.get(name)
+                if job is None and name == current:
+                    stored = self.kube.get_job(namespace, name)
+                    job = observe_job(stored) if stored else _missing(name, entry.name)
+                if job is None:
+                    continue
+                if job.state in ("Succeeded", "Failed"):
+                    job = with_pod(job, self.kube.job_pod(namespace, name))
+                elif job.state == "Active" and _waits_for_pod(job, now):
+                    job = replace(job, pod_create_error=self.kube.pod_create_error(namespace, name))
+                jobs[name] = job
         return jobs
 
     def _complete_children(
@@ -345,6 +424,37 @@ class RunReconciler:
                 )
         return children
 
+    def _create_children(
+        self,
+        run: RunView,
+        body: dict[str, Any],
+        decision: Decision,
+        jobs: dict[str, JobObservation],
+    ) -> Refused | None:
+        """Creates the Jobs and child Runs decided; returns what the API server refused."""
+        refused = Refused()
+        ref = RunRef(run.name, run.namespace, run.uid, run.spec.account)
+        for request in decision.create_jobs:
+            extra = {"run": run.name, "step": request.step, "job": request.job_name}
+            try:
+                created = self.kube.create_job(build_job(ref, request))
+            except Rejected as error:
+                log.warning("the API server refused a Job: %s", error.message, extra=extra)
+                refused.jobs[request.job_name] = _rejected_job(request.job_name, request, error)
+                continue
+            if created:
+                _observe_latency(body, run, request.step, jobs)
+            log.info("created Job" if created else "Job already existed", extra=extra)
+        for child in decision.create_child_runs:
+            try:
+                self.kube.create("runs", run.namespace, _child_run(run, child))
+            except Rejected as error:
+                log.warning("the API server refused a child Run: %s", error.message)
+                refused.child_runs[child.name] = ChildRunObservation(
+                    name=child.name, phase="Rejected", message=error.message
+                )
+        return refused if refused.jobs or refused.child_runs else None
+
     def _apply(
         self,
         run: RunView,
@@ -352,6 +462,8 @@ class RunReconciler:
         decision: Decision,
         jobs: dict[str, JobObservation],
         waiters_version: int,
+        *,
+        replace_status: bool = False,
     ) -> None:
         key = (run.namespace, run.name)
         if decision.delete_run:
@@ -368,22 +480,6 @@ class RunReconciler:
                 return
             self.kube.own_writes.add("runs", stored)
             body = {**body, "metadata": stored["metadata"]}
-        ref = RunRef(run.name, run.namespace, run.uid, run.spec.account)
-        for request in decision.create_jobs:
-            created = self.kube.create_job(build_job(ref, request))
-            if created:
-                _observe_latency(body, run, request.step, jobs)
-            log.info(
-                "created Job" if created else "Job already existed",
-                extra={
-                    "run": run.name,
-                    "step": request.step,
-                    "attempt": request.attempt,
-                    "job": request.job_name,
-                },
-            )
-        for child in decision.create_child_runs:
-            self.kube.create("runs", run.namespace, _child_run(run, child))
         # Stop work before recording that it stopped: a crash in between must not leave it.
         for job in decision.delete_jobs:
             self.kube.delete_job(run.namespace, job)
@@ -394,13 +490,17 @@ class RunReconciler:
         if self.mirror is not None:
             outbox.record(decision.status, changes, decision.finished_attempts, datetime.now(UTC))
         new_status = decision.status.to_dict()
-        if new_status != run.status.to_dict():
-            stored = self.kube.patch_status(
-                "runs", run.namespace, run.name, new_status, body["metadata"]["resourceVersion"]
-            )
+        old_status = (body.get("status") or {}) if replace_status else run.status.to_dict()
+        if new_status != old_status:
+            try:
+                stored = self._patch_status(key, body, new_status, old_status)
+            except Rejected as error:
+                if replace_status:
+                    raise  # even the smallest status: left to the error budget
+                self._status_refused(run, body, decision, error)
+                return
             if stored is None:
                 return
-            self.kube.own_writes.add("runs", stored)
             for change in changes:
                 kopf.event(
                     kopf.Body(cast(kopf.RawBody, body)),
@@ -429,6 +529,111 @@ class RunReconciler:
         if missed and self._loop is not None:
             self._loop.call_soon_threadsafe(self._spawn, key)
         self._wake_at(key, decision.wake_at)
+
+    def _patch_status(
+        self,
+        key: RunKey,
+        body: dict[str, Any],
+        status: dict[str, Any],
+        previous: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """Writes status as a whole: a merge patch, with null for every field it dropped."""
+        dropped = {field: None for field in previous if field not in status}
+        stored = self.kube.patch_status(
+            "runs", *key, {**status, **dropped}, body["metadata"]["resourceVersion"]
+        )
+        if stored is not None:
+            self.kube.own_writes.add("runs", stored)
+        return stored
+
+    def _status_refused(
+        self, run: RunView, body: dict[str, Any], decision: Decision, error: Rejected
+    ) -> None:
+        """The API server refused the status decided (too large, most likely): the Run fails
+        with its words. What this decision started is stopped again, since no status records
+        it. If even that status is refused, only the failure is kept (the audit trail and
+        Events still have every step's story)."""
+        reason = Reason.STATUS_TOO_LARGE if error.too_large else Reason.STATUS_REJECTED
+        message = f"the API server refused the Run's status: {error.message}"
+        log.warning(message, extra={"run": run.name, "reason": reason})
+        failed = abort_run(run, datetime.now(UTC), reason, message)
+        failed.delete_jobs += [r.job_name for r in decision.create_jobs]
+        failed.cancel_child_runs += [c.name for c in decision.create_child_runs]
+        try:
+            self._apply(run, body, failed, {}, 0, replace_status=False)
+        except Rejected:
+            failed.status = _only_the_failure(failed.status)
+            self._apply(run, body, failed, {}, 0, replace_status=True)
+
+
+def _only_the_failure(status: RunStatus) -> RunStatus:
+    """The least status that still tells the truth: phase, reason, times and the audit outbox."""
+    return RunStatus(
+        phase=status.phase,
+        conditions=status.conditions,
+        observed_generation=status.observed_generation,
+        started_at=status.started_at,
+        finished_at=status.finished_at,
+        message=status.message,
+        usage=status.usage,
+        audit=status.audit,
+    )
+
+
+@dataclass
+class Refused:
+    """Jobs and child Runs the API server refused to create, as observations."""
+
+    jobs: dict[str, JobObservation] = field(default_factory=dict)
+    child_runs: dict[str, ChildRunObservation] = field(default_factory=dict)
+
+
+def _rejected_job(name: str, request: JobRequest, error: Rejected) -> JobObservation:
+    return JobObservation(
+        name=name,
+        step=request.step,
+        index=request.index,
+        attempt=request.attempt,
+        state="Failed",
+        reason=Reason.JOB_REJECTED,
+        message=error.message,
+        pods_started=True,
+        pod_read=True,
+    )
+
+
+def _waits_for_pod(job: JobObservation, now: datetime) -> bool:
+    """A Job without a Pod for longer than it normally takes to get one."""
+    return (
+        not job.pods_started
+        and job.created_at is not None
+        and now - job.created_at >= POD_START_CHECK
+    )
+
+
+def _view(key: RunKey, body: dict[str, Any], spec: RunSpec, status: RunStatus) -> RunView:
+    metadata = body["metadata"]
+    labels = metadata.get("labels") or {}
+    child = owning_run(body) is not None
+    depth = labels.get(DEPTH_LABEL, "1") if child else "0"
+    return RunView(
+        name=key[1],
+        namespace=key[0],
+        uid=metadata["uid"],
+        generation=metadata.get("generation", 1),
+        spec=spec,
+        status=status,
+        depth=int(depth) if depth.isdigit() else 1,
+        root_uid=labels.get(ROOT_LABEL, metadata["uid"]) if child else metadata["uid"],
+    )
+
+
+def _audit_outbox(body: dict[str, Any]) -> AuditOutbox | None:
+    """The audit outbox of a status that does not validate as a whole, if it still does."""
+    try:
+        return AuditOutbox.model_validate(((body.get("status") or {}).get("audit")) or None)
+    except ValidationError:
+        return None
 
 
 def _pending_audit(body: dict[str, Any]) -> bool:
@@ -491,6 +696,8 @@ def _child_run(parent: RunView, request: ChildRunRequest) -> dict[str, Any]:
             "namespace": parent.namespace,
             "labels": {
                 PARENT_LABEL: label_value(parent.name),
+                ROOT_LABEL: parent.root_uid or parent.uid,
+                DEPTH_LABEL: str(parent.depth + 1),
                 ACCOUNT_LABEL: label_value(parent.spec.account),
                 **MANAGED_BY,
             },
@@ -558,6 +765,12 @@ def child_runs_by_parent(
     )
     parent = owning_run(body)
     return {(namespace, parent): observation} if parent else {}
+
+
+@kopf.index(GROUP, VERSION, "runs", labels={ROOT_LABEL: kopf.PRESENT})
+def child_runs_by_root(namespace: Any, name: Any, labels: kopf.Labels, **_: Any) -> Any:
+    """How many child Runs each tree holds, at every depth (bounded per root Run)."""
+    return {(namespace, labels[ROOT_LABEL]): name}
 
 
 @kopf.on.event(GROUP, VERSION, "runs")

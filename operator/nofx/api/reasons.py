@@ -1,0 +1,24 @@
+"""Reasons the operator writes into a Run's conditions and its steps' status: typed values that
+tools and people can match on (the messages beside them are for people)."""
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # The Run could not start, or stopped, because of its own spec or status.
+    INVALID_PLAN = "InvalidPlan"  # the plan cannot run (cycle, too large, bad reference)
+    INVALID_SPEC = "InvalidSpec"  # the spec does not validate (should have been refused)
+    INCONSISTENT_STATUS = "InconsistentStatus"  # status edited by someone else than the operator
+    STATUS_TOO_LARGE = "StatusTooLarge"  # the API server refused the status as too large
+    STATUS_REJECTED = "StatusRejected"  # ... or as invalid
+    RECONCILE_ERROR = "ReconcileError"  # the operator failed on this Run again and again
+    # One step attempt failed in a way its retries cannot fix.
+    JOB_REJECTED = "JobRejected"  # the API server refused the step's Job
+    CHILD_RUN_REJECTED = "ChildRunRejected"  # ... or its child Run
+    POD_CREATE_FAILED = "PodCreateFailed"  # the Job could not create its Pod in time
+    OUTPUTS_LOST = "OutputsLost"  # the Job succeeded, but its Pod is gone with the outputs
+    CHILD_RUN_LIMIT = "ChildRunLimit"  # depth or size limit of a tree of child Runs
+
+
+# Failures that another attempt of the same step would only repeat.
+TERMINAL_STEP_REASONS = frozenset({Reason.JOB_REJECTED, Reason.CHILD_RUN_REJECTED})
