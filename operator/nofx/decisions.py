@@ -630,6 +630,8 @@ class _Progress:
                     job_name=name,
                 )
             )
+        # A look at the Job soon: one that cannot create its Pod sends no event that says so.
+        self.decision.wake_no_later_than(self.now + POD_START_CHECK)
         entry.phase = "Running"
         entry.attempts = attempt
         entry.job_name = name
