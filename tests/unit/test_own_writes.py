@@ -1,6 +1,13 @@
 """The reconciler skips the watch events of its own writes, and only those."""
 
+from typing import Any, cast
+
+import pytest
+
 from nofx.kube import OwnWrites
+from nofx.mirror.writer import MirrorWriter
+from nofx.reconcilers.runs import AUDIT_FINALIZER
+from tests.unit.run_harness import KEY, Harness, step
 
 
 def stored(name: str, resource_version: str) -> dict[str, object]:
@@ -47,3 +54,79 @@ def test_only_the_latest_writes_are_kept() -> None:
         own.add("runs", stored("r1", str(version)))
     assert not own.is_echo("runs", "team", "r1", "0")
     assert own.is_echo("runs", "team", "r1", "99")
+
+
+# --- the Run reconciler's own writes --------------------------------------------------------
+
+
+@pytest.mark.usefixtures("events")
+def test_the_status_write_is_recorded_and_its_echo_is_skipped_once() -> None:
+    h = Harness(step("code"))
+    h.reconcile()
+    echo = h.kube.get("runs", *KEY)
+    assert echo is not None
+    assert h.reconciler.is_own_write(KEY, echo)
+    assert not h.reconciler.is_own_write(KEY, echo)  # the same event again is news
+
+
+@pytest.mark.usefixtures("events")
+def test_a_write_of_someone_else_is_reconciled() -> None:
+    h = Harness(step("code"))
+    h.reconcile()
+    h.kube.patch_spec("runs", *KEY, {"cancel": True})
+    edited = h.kube.get("runs", *KEY)
+    assert edited is not None
+    assert not h.reconciler.is_own_write(KEY, edited)
+
+
+@pytest.mark.usefixtures("events")
+def test_a_run_being_deleted_is_never_taken_for_an_echo() -> None:
+    h = Harness(step("code"))
+    h.reconcile()
+    echo = h.kube.get("runs", *KEY)
+    assert echo is not None
+    echo["metadata"]["deletionTimestamp"] = "2030-01-01T12:00:00Z"
+    assert not h.reconciler.is_own_write(KEY, echo)
+
+
+def with_mirror(h: Harness) -> Harness:
+    h.reconciler.mirror = cast(MirrorWriter, object())  # only whether there is one matters here
+    return h
+
+
+@pytest.mark.usefixtures("events")
+def test_the_audit_finalizer_and_the_status_are_both_own_writes() -> None:
+    h = with_mirror(Harness(step("code")))
+    written: list[str] = []
+    for method in ("set_finalizers", "patch_status"):
+        write = getattr(h.kube, method)
+
+        def spy(*args: Any, write: Any = write) -> Any:
+            stored = write(*args)
+            written.append(stored["metadata"]["resourceVersion"])
+            return stored
+
+        setattr(h.kube, method, spy)
+    h.reconcile()
+    h.finish_job(h.job_name("code", 1))
+    h.reconcile()
+    assert h.body["metadata"]["finalizers"] == [AUDIT_FINALIZER]
+    assert len(h.kube.called("set_finalizers")) == 1
+    assert len(written) == 3
+    for version in written:  # in the order they were written, as their events come
+        assert h.reconciler.is_own_write(KEY, {"metadata": {"resourceVersion": version}})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="runs.py _apply adds the audit finalizer only when the decided status already holds "
+    "an outbox, which outbox.record() fills only later in the same _apply: the first audit events "
+    "are stored on a Run without the finalizer, so deleting it early loses them",
+)
+@pytest.mark.usefixtures("events")
+def test_the_audit_finalizer_is_set_before_the_first_audit_events_are_stored() -> None:
+    h = with_mirror(Harness(step("code")))
+    h.reconcile()
+    assert h.body["status"]["audit"]["pending"]
+    assert h.body["metadata"].get("finalizers") == [AUDIT_FINALIZER]

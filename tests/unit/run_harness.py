@@ -1,0 +1,121 @@
+"""RunReconciler driven directly over a FakeKube: one Run, indexes rebuilt from the fake the way
+Kopf's would be, and the Job controller's and kubelet's part played by finish_job()."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any, cast
+
+from nofx.api import AgentSpec, RunStatus, StepStatus
+from nofx.api.common import API_VERSION
+from nofx.jobs import AGENT_LABEL, CONTAINER_NAME, job_name, observe_job
+from nofx.kube import Kube
+from nofx.reconcilers.runs import RunKey, RunReconciler, owning_run
+from tests.unit.builders import agent
+from tests.unit.fake_kube import FakeKube
+
+NAMESPACE = "team-a"
+NAME = "demo"
+KEY: RunKey = (NAMESPACE, NAME)
+AGENTS = {"coder": agent("ghcr.io/nofx/coder:1")}
+RETRY = {"limit": 2, "backoff": {"duration": "1s", "factor": 1}}
+
+
+def step(name: str, *depends_on: str, **fields: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": name, "agentRef": {"name": "coder"}}
+    if depends_on:
+        spec["dependsOn"] = list(depends_on)
+    return spec | fields
+
+
+class Harness:
+    def __init__(self, *steps: dict[str, Any], agents: dict[str, AgentSpec] | None = None) -> None:
+        self.kube = FakeKube()
+        self.reconciler = RunReconciler(cast(Kube, self.kube))
+        self.agents = AGENTS if agents is None else agents
+        self.kube.put(
+            "runs",
+            {
+                "apiVersion": API_VERSION,
+                "kind": "Run",
+                "metadata": {"name": NAME, "namespace": NAMESPACE},
+                "spec": {"steps": list(steps)},
+            },
+        )
+        self.sync()
+
+    def sync(self) -> None:
+        """The indexes as Kopf would hold them after seeing every object of the fake."""
+        jobs: dict[Any, list[Any]] = defaultdict(list)
+        active: dict[Any, list[str]] = defaultdict(list)
+        for (plural, namespace, name), body in self.kube.objects.items():
+            if plural != "jobs":
+                continue
+            observation = observe_job(body)
+            jobs[(namespace, owning_run(body))].append(observation)
+            if observation.state == "Active":
+                active[(namespace, body["metadata"]["labels"][AGENT_LABEL])].append(name)
+        self.reconciler.indexes = {
+            "jobs_by_run": jobs,
+            "active_jobs_by_agent": active,
+            "child_runs_by_parent": {},
+            "child_runs_by_root": {},
+            "agents_by_namespace": {NAMESPACE: list(self.agents.items())},
+            "templates_by_namespace": {},
+        }
+
+    def reconcile(self, body: dict[str, Any] | None = None) -> None:
+        """One pass, as trigger() runs it, after the indexes caught up."""
+        self.sync()
+        self.reconciler._reconcile(KEY, body, self.reconciler._observe(KEY))
+
+    def attempt(self, reconcile_error: Exception | None = None) -> None:
+        """One pass with trigger()'s error handling, synchronously."""
+        self.sync()
+        try:
+            self.reconciler._reconcile(KEY, None, self.reconciler._observe(KEY))
+            self.reconciler.errors.forget(KEY)
+        except Exception as error:
+            self.reconciler._failed(KEY, reconcile_error or error)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.kube.objects[("runs", NAMESPACE, NAME)]
+
+    @property
+    def status(self) -> RunStatus:
+        return RunStatus.model_validate(self.body.get("status") or {})
+
+    def step(self, name: str) -> StepStatus:
+        return next(e for e in self.status.steps or [] if e.name == name)
+
+    def job_name(self, step: str, attempt: int) -> str:
+        return job_name(NAME, self.body["metadata"]["uid"], step, None, attempt)
+
+    def finish_job(
+        self,
+        name: str,
+        *,
+        outputs: dict[str, Any] | None = None,
+        exit_code: int = 0,
+        pod: bool = True,
+    ) -> None:
+        """The Job finished (Complete, or Failed for a non-zero exit code); with `pod`, its Pod
+        stays with the agent container's termination message."""
+        job = self.kube.objects[("jobs", NAMESPACE, name)]
+        if exit_code == 0:
+            job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}
+        else:
+            failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+            job["status"] = {"conditions": [failed], "failed": 1}
+        if pod:
+            terminated = {"exitCode": exit_code, "message": json.dumps(outputs or {})}
+            self.kube.pods[(NAMESPACE, name)] = {
+                "metadata": {"name": f"{name}-x", "labels": {"job-name": name}},
+                "status": {
+                    "containerStatuses": [
+                        {"name": CONTAINER_NAME, "state": {"terminated": terminated}}
+                    ]
+                },
+            }
