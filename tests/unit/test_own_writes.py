@@ -117,13 +117,6 @@ def test_the_audit_finalizer_and_the_status_are_both_own_writes() -> None:
         assert h.reconciler.is_own_write(KEY, {"metadata": {"resourceVersion": version}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="runs.py _apply adds the audit finalizer only when the decided status already holds "
-    "an outbox, which outbox.record() fills only later in the same _apply: the first audit events "
-    "are stored on a Run without the finalizer, so deleting it early loses them",
-)
 @pytest.mark.usefixtures("events")
 def test_the_audit_finalizer_is_set_before_the_first_audit_events_are_stored() -> None:
     h = with_mirror(Harness(step("code")))

@@ -14,6 +14,7 @@ from urllib3.exceptions import MaxRetryError, ProtocolError
 
 from nofx.api.reasons import Reason
 from nofx.kube import Conflict, Rejected
+from nofx.reconcilers.errors import is_transient
 from nofx.reconcilers.runs import MAX_CONFLICT_RETRIES
 from tests.unit.builders import condition
 from tests.unit.run_harness import NAMESPACE, RETRY, Harness, step
@@ -126,10 +127,12 @@ def test_a_conflicting_status_write_reads_the_run_again_and_decides_again() -> N
     assert h.step("code").phase == "Running"
 
 
-def test_repeated_conflicts_give_up_after_a_bounded_number_of_tries() -> None:
+def test_repeated_conflicts_end_the_pass_with_a_conflict_for_the_error_budget() -> None:
     h = Harness(step("code"))
     h.kube.fail_next("patch_status", MAX_CONFLICT_RETRIES, Conflict("runs/demo changed"))
-    h.reconcile()
+    with pytest.raises(Conflict, match="conflicts in a row"):
+        h.reconcile()
+    assert is_transient(Conflict("x")), "retried with backoff while it lasts"
     assert len(h.kube.called("get")) == MAX_CONFLICT_RETRIES
     assert len(h.kube.called("patch_status")) == MAX_CONFLICT_RETRIES
     assert h.status.phase is None
@@ -184,13 +187,6 @@ def test_a_status_over_the_size_limit_fails_the_run() -> None:
     assert not [key for key in h.kube.objects if key[0] == "jobs"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="runs.py _status_refused applies the failure with replace_status=False, and _apply "
-    "handles that refusal by calling _status_refused again: it recurses (until RecursionError), "
-    "its `except Rejected` is never reached",
-)
 def test_when_even_the_failure_is_too_large_only_the_failure_is_kept() -> None:
     h = running_code_step(step("code"), step("test", "code"))
     h.kube.refuse_status_over(h.kube.status_size(NAMESPACE, "demo"), http_status=413)
@@ -229,12 +225,6 @@ def test_a_job_created_before_a_lost_status_write_is_read_not_created_again() ->
     assert h.status.phase == "Succeeded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="runs.py _complete_observations reads Pods only for steps listed in status.steps: "
-    "before the first status write there are none, so a Job that finished is taken as OutputsLost",
-)
 def test_a_job_created_before_the_first_status_write_is_read_with_its_outputs() -> None:
     h = Harness(step("code"))
     h.kube.fail_next("patch_status", 1, ApiException(status=503))

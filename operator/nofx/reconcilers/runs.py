@@ -280,7 +280,8 @@ class RunReconciler:
                     return
                 except Conflict:
                     body = None
-            log.warning("gave up after repeated conflicts", extra={"run": key[1]})
+            # Another writer keeps winning: the error budget retries later, with backoff.
+            raise Conflict(f"runs/{key[1]}: {MAX_CONFLICT_RETRIES} conflicts in a row")
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
@@ -377,29 +378,33 @@ class RunReconciler:
 
         A step's next Job may exist and even have finished while its status still says
         otherwise (the operator died between creating it and recording that): so every
-        unfinished step's current and next attempt is looked at, whatever its phase says."""
+        unfinished step's current and next attempt is looked at, whatever its phase says, and
+        every Job of a step the status does not list yet."""
         namespace = run.namespace
         jobs = dict(indexed)
+        listed = {(entry.name, entry.index) for entry in run.status.steps or []}
+        wanted: dict[str, str | None] = {  # Job name → the step's current Job, if it is that
+            job.name: None for job in indexed.values() if (job.step, job.index) not in listed
+        }
         for entry in run.status.steps or []:
             if entry.phase in TERMINAL_STEP_PHASES or entry.child_run_name:
                 continue
             attempts = entry.attempts or 0
-            current = entry.job_name if entry.phase == "Running" else None
-            names = [job_name(run.name, run.uid, entry.name, entry.index, attempts + 1)]
-            if current:
-                names.append(current)
-            for name in names:
-                job = jobs.get(name)
-                if job is None and name == current:
-                    stored = self.kube.get_job(namespace, name)
-                    job = observe_job(stored) if stored else _missing(name, entry.name)
-                if job is None:
-                    continue
-                if job.state in ("Succeeded", "Failed"):
-                    job = with_pod(job, self.kube.job_pod(namespace, name))
-                elif job.state == "Active" and _waits_for_pod(job, now):
-                    job = replace(job, pod_create_error=self.kube.pod_create_error(namespace, name))
-                jobs[name] = job
+            wanted[job_name(run.name, run.uid, entry.name, entry.index, attempts + 1)] = None
+            if entry.phase == "Running" and entry.job_name:
+                wanted[entry.job_name] = entry.name
+        for name, step_of_current in wanted.items():
+            job = jobs.get(name)
+            if job is None and step_of_current is not None:
+                stored = self.kube.get_job(namespace, name)
+                job = observe_job(stored) if stored else _missing(name, step_of_current)
+            if job is None:
+                continue
+            if job.state in ("Succeeded", "Failed"):
+                job = with_pod(job, self.kube.job_pod(namespace, name))
+            elif job.state == "Active" and _waits_for_pod(job, now):
+                job = replace(job, pod_create_error=self.kube.pod_create_error(namespace, name))
+            jobs[name] = job
         return jobs
 
     def _complete_children(
@@ -464,12 +469,19 @@ class RunReconciler:
         waiters_version: int,
         *,
         replace_status: bool = False,
+        fail_if_refused: bool = True,
     ) -> None:
+        """Carries a decision out: the audit finalizer, stopping work, the status (with its
+        audit outbox) in one write, then Events, metrics, waits and the next wake-up. A status
+        the API server refuses fails the Run (fail_if_refused), or is raised to the caller."""
         key = (run.namespace, run.name)
         if decision.delete_run:
             log.info("deleting finished Run (ttlSecondsAfterFinished)", extra={"run": run.name})
             self.kube.delete("runs", run.namespace, run.name)
             return
+        changes = transitions(run.status, decision.status)
+        if self.mirror is not None:
+            outbox.record(decision.status, changes, decision.finished_attempts, datetime.now(UTC))
         finalizers = body["metadata"].get("finalizers") or []
         if self.mirror is not None and decision.status.audit and AUDIT_FINALIZER not in finalizers:
             # Held until the mirror stored every event, so deleting a Run loses none of them.
@@ -486,17 +498,14 @@ class RunReconciler:
         for child_name in decision.cancel_child_runs:
             self.kube.patch_spec("runs", run.namespace, child_name, {"cancel": True})
 
-        changes = transitions(run.status, decision.status)
-        if self.mirror is not None:
-            outbox.record(decision.status, changes, decision.finished_attempts, datetime.now(UTC))
         new_status = decision.status.to_dict()
         old_status = (body.get("status") or {}) if replace_status else run.status.to_dict()
         if new_status != old_status:
             try:
                 stored = self._patch_status(key, body, new_status, old_status)
             except Rejected as error:
-                if replace_status:
-                    raise  # even the smallest status: left to the error budget
+                if not fail_if_refused:
+                    raise
                 self._status_refused(run, body, decision, error)
                 return
             if stored is None:
@@ -556,14 +565,20 @@ class RunReconciler:
         reason = Reason.STATUS_TOO_LARGE if error.too_large else Reason.STATUS_REJECTED
         message = f"the API server refused the Run's status: {error.message}"
         log.warning(message, extra={"run": run.name, "reason": reason})
-        failed = abort_run(run, datetime.now(UTC), reason, message)
-        failed.delete_jobs += [r.job_name for r in decision.create_jobs]
-        failed.cancel_child_runs += [c.name for c in decision.create_child_runs]
+
+        def failure() -> Decision:
+            failed = abort_run(run, datetime.now(UTC), reason, message)
+            failed.delete_jobs += [r.job_name for r in decision.create_jobs]
+            failed.cancel_child_runs += [c.name for c in decision.create_child_runs]
+            return failed
+
         try:
-            self._apply(run, body, failed, {}, 0, replace_status=False)
+            self._apply(run, body, failure(), {}, 0, fail_if_refused=False)
         except Rejected:
-            failed.status = _only_the_failure(failed.status)
-            self._apply(run, body, failed, {}, 0, replace_status=True)
+            # Raised again if refused even now: the error budget retries it with backoff.
+            least = failure()
+            least.status = _only_the_failure(least.status)
+            self._apply(run, body, least, {}, 0, replace_status=True, fail_if_refused=False)
 
 
 def _only_the_failure(status: RunStatus) -> RunStatus:
