@@ -3,7 +3,9 @@ manifests are rejected with a message that names the field."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,12 +44,62 @@ def test_kubectl_explain_prints_the_field_descriptions(crds: None, kubectl: Kube
 def test_invalid_manifest_is_rejected_naming_the_field(
     crds: None, kubectl: Kubectl, namespace: str, manifest: Path
 ) -> None:
-    first_line = manifest.read_text().splitlines()[0]
-    assert first_line.startswith("# expect: "), f"{manifest.name} lacks its '# expect:' line"
-    expected = first_line.removeprefix("# expect: ")
+    expected = expectations(manifest.read_text())
+    assert expected, f"{manifest.name} lacks its '# expect:' line"
     result = kubectl.run("create", "-n", namespace, "-f", str(manifest), check=False)
     assert result.returncode != 0, f"{manifest.name} was accepted"
-    assert expected in result.stderr, result.stderr
+    for text in expected:
+        assert text in result.stderr, result.stderr
+
+
+def expectations(manifest: str) -> list[str]:
+    """The texts of the leading `# expect: ` lines: each must be in the rejection."""
+    lines = iter(manifest.splitlines())
+    return [line.removeprefix("# expect: ") for line in lines if line.startswith("# expect: ")]
+
+
+BIG = "x" * 65_537
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "expected"),
+    [
+        (
+            "Template",
+            {
+                "parameters": [{"name": "p", "default": BIG}],
+                "steps": [{"name": "a", "agentRef": {"name": "x"}}],
+            },
+            "spec.parameters[0].default: Too long: may not be more than 65536 bytes",
+        ),
+        (
+            "Template",
+            {
+                "parameters": [{"name": "p", "enum": [BIG]}],
+                "steps": [{"name": "a", "agentRef": {"name": "x"}}],
+            },
+            "spec.parameters[0].enum[0]: Too long: may not be more than 65536 bytes",
+        ),
+        (
+            "Run",
+            {
+                "templateRef": {"name": "t"},
+                "approvals": [{"step": f"s{i}", "approvedBy": "x"} for i in range(121)],
+            },
+            "spec.approvals: Too many: 121: must have at most 120 items",
+        ),
+    ],
+    ids=["default-64KB", "enum-64KB", "121-approvals"],
+)
+def test_oversized_input_is_rejected_naming_the_field(
+    crds: None, kubectl: Kubectl, namespace: str, kind: str, spec: dict[str, Any], expected: str
+) -> None:
+    manifest = {"apiVersion": "nofx.dev/v1alpha1", "kind": kind, "metadata": {"name": "big"}}
+    manifest["spec"] = spec
+    result = kubectl.run(
+        "create", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False
+    )
+    assert result.returncode != 0 and expected in result.stderr, result.stderr
 
 
 def test_run_spec_is_immutable_except_controls(

@@ -29,12 +29,34 @@ from nofx.api.common import (
     list_map,
     validations,
 )
+from nofx.api.rules import (
+    NO_RESERVED_LABELS,
+    QUALIFIED_NAME_KEYS,
+    request_within_limit,
+)
 
-ENV_VAR_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# Kubernetes' rule for environment variable names: not "." and not starting with "..".
+ENV_VAR_NAME = r"^([-_a-zA-Z]|\.[-_a-zA-Z0-9])[-._a-zA-Z0-9]*$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# An image reference as container runtimes parse it: [host[:port]/]path[:tag][@digest].
+_PATH_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+IMAGE = (
+    r"^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*"
+    rf"(:[0-9]+)?/)?{_PATH_COMPONENT}(/{_PATH_COMPONENT})*"
+    r"(:[A-Za-z0-9_][-.A-Za-z0-9_]{0,127})?"
+    r"(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+# Kubernetes allows 256 KiB of annotations in all: 32 of at most 4 KiB stay well below.
+MAX_POD_ANNOTATIONS = 32
 
 Argument = Annotated[str, Field(max_length=MAX_SHORT_TEXT_LENGTH)]
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+PodLabels = Annotated[
+    dict[str, LabelValue], Field(max_length=64), QUALIFIED_NAME_KEYS, NO_RESERVED_LABELS
+]
+PodAnnotations = Annotated[
+    dict[str, Text], Field(max_length=MAX_POD_ANNOTATIONS), QUALIFIED_NAME_KEYS
+]
 
 
 class ModelConfig(ApiModel):
@@ -137,7 +159,7 @@ class ResourceList(ApiModel):
 
 
 class Resources(ApiModel):
-    """Compute resources of each step's container."""
+    """Compute resources of each step's container; a request may not exceed its limit."""
 
     requests: ResourceList | None = Field(
         default=None, description="Resources the scheduler reserves."
@@ -162,7 +184,7 @@ class AgentSpec(ApiModel):
     image: str = Field(
         min_length=1,
         max_length=512,
-        pattern=r"^\S+$",
+        pattern=IMAGE,
         description="Container image that performs the agent's work.",
     )
     command: list[Argument] | None = Field(
@@ -201,17 +223,20 @@ class AgentSpec(ApiModel):
         max_length=16,
         description="Secrets and ConfigMaps whose keys become environment variables.",
     )
-    resources: Resources | None = Field(
-        default=None, description="Compute resources of each step's container."
-    )
+    resources: (
+        Annotated[Resources, request_within_limit("cpu"), request_within_limit("memory")] | None
+    ) = Field(default=None, description="Compute resources of each step's container.")
     service_account_name: Name | None = Field(
         default=None, description="ServiceAccount the step Pods run as."
     )
-    pod_annotations: dict[str, Text] | None = Field(
-        default=None, max_length=64, description="Annotations added to each step Pod."
+    pod_annotations: PodAnnotations | None = Field(
+        default=None, description="Annotations added to each step Pod."
     )
-    pod_labels: dict[str, LabelValue] | None = Field(
-        default=None, max_length=64, description="Labels added to each step Pod."
+    pod_labels: PodLabels | None = Field(
+        default=None,
+        description="Labels added to each step Pod; the keys the Job controller and the "
+        "operator set (nofx.dev/..., batch.kubernetes.io/..., job-name, controller-uid, "
+        "app.kubernetes.io/managed-by) are reserved.",
     )
     max_concurrent_steps: int | None = Field(
         default=None,

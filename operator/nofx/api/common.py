@@ -37,13 +37,20 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 # Skills, tools, billing accounts: free-form words without spaces.
 TAG = r"^[A-Za-z0-9]([-A-Za-z0-9_.:/@]*[A-Za-z0-9])?$"
-# Go duration syntax as Tekton and Argo accept it: "30s", "5m", "1h30m", "1.5h".
-DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+# Go duration syntax as Tekton and Argo accept it: "30s", "5m", "1h30m", "1.5h", "250ms"; each
+# unit at most once, in this order, with at most 6 digits before the point, so that no value
+# overflows (the largest is under 1,017,000 hours; Go durations end near 2,562,047 hours).
+_DURATION_PART = r"([0-9]{1,6}(\.[0-9]{1,9})?%s)?"
+DURATION = "^" + "".join(_DURATION_PART % unit for unit in ("h", "m", "s", "ms")) + "$"
+MAX_DURATION_LENGTH = 32
+# The longest duration any field allows (a Run's timeout).
+MAX_DURATION = timedelta(days=30)
 # Kubernetes resource quantity without sign or exponent: "500m", "2", "1.5", "512Mi", "1G".
 QUANTITY = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)([numkMGTPE]|[KMGTPE]i)?$"
 DECIMAL = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"
 CURRENCY = r"^[A-Z]{3}$"
-CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
+# A key of a ConfigMap or Secret: not "." and not starting with "..".
+CONFIG_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 CONDITION_TYPE = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
@@ -58,7 +65,6 @@ Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
 ShortText = Annotated[str, Field(max_length=MAX_SHORT_TEXT_LENGTH)]
 # A string that may contain `{{ ... }}` expressions (see nofx.templating).
 TemplatedString = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
-Duration = Annotated[str, Field(max_length=32, pattern=DURATION)]
 Quantity = Annotated[str, Field(max_length=32, pattern=QUANTITY)]
 DecimalString = Annotated[str, Field(max_length=32, pattern=DECIMAL)]
 Currency = Annotated[str, Field(min_length=3, max_length=3, pattern=CURRENCY)]
@@ -87,15 +93,20 @@ def list_map(*keys: str) -> dict[str, Any]:
 LIST_SET: dict[str, Any] = {"x-kubernetes-list-type": "set"}
 
 
-def parse_duration(text: str) -> timedelta:
-    """Parses a Duration ("30s", "1h30m", "1.5h", "250ms") into a timedelta."""
-    if not re.fullmatch(DURATION, text):
-        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h30m")
+def parse_duration(text: str, maximum: timedelta = MAX_DURATION) -> timedelta:
+    """Parses a Duration ("30s", "1h30m", "1.5h", "250ms") of at most maximum."""
+    if not text or not re.fullmatch(DURATION, text):
+        raise ValueError(
+            f"invalid duration {text!r}: use e.g. 30s, 5m, 1h30m (h, m, s, ms in this order, "
+            "each at most once and with at most 6 digits before the point)"
+        )
     unit_seconds = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     seconds = sum(
         float(amount) * unit_seconds[unit]
         for amount, unit in re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text)
     )
+    if seconds > maximum.total_seconds():
+        raise ValueError(f"duration {text!r} is longer than {maximum.total_seconds() / 3600:g}h")
     return timedelta(seconds=seconds)
 
 

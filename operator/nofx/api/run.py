@@ -15,7 +15,6 @@ from nofx.api.common import (
     Conditions,
     Currency,
     DecimalString,
-    Duration,
     KindInfo,
     LocalObjectReference,
     Name,
@@ -30,6 +29,7 @@ from nofx.api.common import (
     list_map,
     validations,
 )
+from nofx.api.rules import ParameterValues, RunTimeout
 from nofx.api.template import (
     FINALLY_NAMES_ARE_NEW,
     FinallySteps,
@@ -47,6 +47,7 @@ StepPhase = Literal["Pending", "Waiting", "Running", "Succeeded", "Failed", "Ski
 # The only spec fields a person may change after creation; everything else is fixed so that a
 # Run always means what it meant when it started.
 MUTABLE_SPEC_FIELDS = ("cancel", "suspend", "approvals")
+MAX_TTL_SECONDS = 365 * 24 * 3600
 
 
 class Approval(ApiModel):
@@ -108,9 +109,8 @@ class RunSpec(ApiModel):
     template_ref: LocalObjectReference | None = Field(
         default=None, description="The Template to run. Set this or steps."
     )
-    parameters: dict[str, Any] | None = Field(
+    parameters: ParameterValues | None = Field(
         default=None,
-        max_length=MAX_PARAMETERS,
         description="Parameter values by name; any JSON value.",
     )
     parameter_definitions: Parameters | None = Field(
@@ -129,8 +129,9 @@ class RunSpec(ApiModel):
     outputs: Outputs | None = Field(
         default=None, description="Inline plan only: results of the plan."
     )
-    timeout: Duration | None = Field(
-        default=None, description="Time limit of the whole Run; overrides the Template's timeout."
+    timeout: RunTimeout | None = Field(
+        default=None,
+        description="Time limit of the whole Run; overrides the Template's timeout. At most 720h.",
     )
     cancel: bool = Field(
         default=False, description="Set to true to cancel the Run: running steps are stopped."
@@ -145,7 +146,10 @@ class RunSpec(ApiModel):
         description="Approvals of gated steps; append one to let a waiting step start.",
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the Run this many seconds after it finished."
+        default=None,
+        ge=0,
+        le=MAX_TTL_SECONDS,
+        description="Delete the Run this many seconds after it finished; at most a year.",
     )
     account: Tag = Field(
         default="default", description="Billing account charged for the Run's usage."

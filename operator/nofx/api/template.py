@@ -15,7 +15,6 @@ from nofx.api.common import (
     READY_COLUMN,
     ApiModel,
     Conditions,
-    Duration,
     Identifier,
     KindInfo,
     LocalObjectReference,
@@ -29,6 +28,15 @@ from nofx.api.common import (
     cel,
     list_map,
     validations,
+)
+from nofx.api.rules import (
+    IDENTIFIER_KEYS,
+    MaxRetryDelay,
+    ParameterValue,
+    ParameterValues,
+    RetryDelay,
+    RunTimeout,
+    StepTimeout,
 )
 
 ParameterType = Literal["string", "integer", "number", "boolean", "array", "object"]
@@ -55,11 +63,11 @@ class Parameter(ApiModel):
     name: Identifier = Field(description="Name of the parameter.")
     description: ShortText | None = Field(default=None, description="What the parameter means.")
     type: ParameterType = Field(default="string", description="JSON type the value must have.")
-    default: Any = Field(
+    default: ParameterValue = Field(
         default=None, description="Value used when a Run does not set the parameter."
     )
     required: bool = Field(default=False, description="Whether every Run must set the parameter.")
-    enum: list[Any] | None = Field(
+    enum: list[ParameterValue] | None = Field(
         default=None, max_length=64, description="If set, the value must be one of these."
     )
 
@@ -80,9 +88,8 @@ class ChildRun(ApiModel):
     Run's outputs become the step's outputs."""
 
     template_ref: LocalObjectReference = Field(description="The Template the child Run executes.")
-    parameters: dict[str, Any] | None = Field(
+    parameters: ParameterValues | None = Field(
         default=None,
-        max_length=MAX_PARAMETERS,
         description="Parameters of the child Run; string values may contain {{ ... }} expressions.",
     )
 
@@ -90,11 +97,15 @@ class ChildRun(ApiModel):
 class Backoff(ApiModel):
     """Delay between attempts: duration, then multiplied by factor each time, up to maxDuration."""
 
-    duration: Duration = Field(default="10s", description="Delay before the first retry.")
+    duration: RetryDelay = Field(
+        default="10s", description="Delay before the first retry; at most 1h."
+    )
     factor: int = Field(
         default=2, ge=1, le=10, description="Multiplier applied to the delay per retry."
     )
-    max_duration: Duration = Field(default="5m", description="Upper bound of the delay.")
+    max_duration: MaxRetryDelay = Field(
+        default="5m", description="Upper bound of the delay; at most 24h."
+    )
 
 
 class Retries(ApiModel):
@@ -123,6 +134,9 @@ class WhenExpression(ApiModel):
     values: list[ShortText] = Field(
         min_length=1, max_length=32, description="Values the input is compared with."
     )
+
+
+Inputs = Annotated[dict[str, TemplatedString], Field(max_length=32), IDENTIFIER_KEYS]
 
 
 class Step(ApiModel):
@@ -161,9 +175,8 @@ class Step(ApiModel):
     child_run: ChildRun | None = Field(
         default=None, description="Run another Template as a child Run instead of a Job."
     )
-    inputs: dict[str, TemplatedString] | None = Field(
+    inputs: Inputs | None = Field(
         default=None,
-        max_length=32,
         description="Inputs passed to the step; values may reference {{ params.NAME }}, "
         "{{ steps.STEP.outputs.KEY }} of upstream steps, and {{ item }} / {{ index }}.",
     )
@@ -185,8 +198,8 @@ class Step(ApiModel):
         default=None, ge=1, le=MAX_STEPS, description="Most forEach items that run at once."
     )
     retries: Retries | None = Field(default=None, description="Retries of a failed attempt.")
-    timeout: Duration | None = Field(
-        default=None, description='Time limit of each attempt, e.g. "10m".'
+    timeout: StepTimeout | None = Field(
+        default=None, description='Time limit of each attempt, e.g. "10m"; at most 168h (7 days).'
     )
     approval: ApprovalGate | None = Field(
         default=None, description="Wait for a person's approval before the step starts."
@@ -245,8 +258,8 @@ class TemplateSpec(ApiModel):
         alias="finally",
         description="Cleanup steps that always run after the main steps, whatever their outcome.",
     )
-    timeout: Duration | None = Field(
-        default=None, description='Time limit of a whole Run, e.g. "1h".'
+    timeout: RunTimeout | None = Field(
+        default=None, description='Time limit of a whole Run, e.g. "1h"; at most 720h (30 days).'
     )
     outputs: Outputs | None = Field(default=None, description="Results of the plan.")
 
