@@ -204,6 +204,9 @@ class ControlPlane:
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # Since 1.37 the endpoint reconciler refuses a loopback address for the `kubernetes`
+            # Service; nothing here runs in a Pod that would need that Service.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={self.apiserver_port}",
             f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
             f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
