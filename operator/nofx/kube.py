@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
@@ -140,6 +141,46 @@ class Kube:
             self.custom.patch_namespaced_custom_object_status, plural, namespace, name, body
         )
 
+    def set_condition(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        kind: str,
+        value: str,
+        reason: str,
+        message: str,
+    ) -> None:
+        """Sets one condition of the object's status, keeping the others (a merge patch
+        replaces the whole list, so only if nobody wrote the object since it was read)."""
+        for _ in range(5):
+            body = self.get(plural, namespace, name)
+            if body is None:
+                return
+            conditions = (body.get("status") or {}).get("conditions") or []
+            previous = next((c for c in conditions if c.get("type") == kind), None) or {}
+            wanted = {"status": value, "reason": reason, "message": message}
+            if all(previous.get(field) == wanted[field] for field in wanted):
+                return
+            condition = {
+                "type": kind,
+                **wanted,
+                "lastTransitionTime": previous["lastTransitionTime"]
+                if previous.get("status") == value
+                else _now(),
+                "observedGeneration": body["metadata"].get("generation"),
+            }
+            others = [c for c in conditions if c.get("type") != kind]
+            status = {"conditions": sorted([*others, condition], key=lambda c: c["type"])}
+            try:
+                self.patch_status(
+                    plural, namespace, name, status, body["metadata"]["resourceVersion"]
+                )
+                return
+            except Conflict:
+                continue
+        raise Conflict(f"{plural}/{name} kept changing; condition {kind} not set")
+
     def set_finalizers(
         self, plural: str, namespace: str, name: str, finalizers: list[str], resource_version: str
     ) -> dict[str, Any] | None:
@@ -209,6 +250,38 @@ class Kube:
             if error.status != 404:
                 raise
 
+    # --- Events ---
+
+    def create_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event about the object (for writers without Kopf's context)."""
+        now = _now()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{involved['name']}.",
+                "namespace": involved["namespace"],
+            },
+            "involvedObject": involved,
+            "type": event_type,
+            "reason": reason,
+            "message": message,
+            "source": {"component": "nofx-operator"},
+            "reportingComponent": "nofx-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        response = self.core.create_namespaced_event(
+            involved["namespace"],
+            body,  # type: ignore[arg-type]
+            _preload_content=False,
+        )
+        response.drain_conn()  # type: ignore[attr-defined]
+        response.release_conn()  # type: ignore[attr-defined]
+
     # --- Jobs and Pods ---
     # The typed client would turn each response into models and back into plain data (a tenth
     # of the operator's CPU under load): these ask for the raw JSON instead.
@@ -269,6 +342,10 @@ class Kube:
         )
         pods: list[dict[str, Any]] = _json(response)["items"]
         return pods[-1] if pods else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _json(response: Any) -> Any:

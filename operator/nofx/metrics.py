@@ -77,5 +77,12 @@ MIRROR_LAG_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 MIRROR_PENDING_AGE = Gauge(
-    "nofx_mirror_pending_age_seconds", "Age of the oldest event not yet in Postgres."
+    "nofx_mirror_pending_age_seconds",
+    "Age of the oldest audit entry or registry version not yet in Postgres (held back after a"
+    " refusal included) or not yet removed from its Run's outbox.",
+)
+MIRROR_REJECTED = Counter(
+    "nofx_mirror_rejected_total",
+    "Objects whose rows Postgres refused, held back (and retried) while the others flowed.",
+    ["kind"],
 )

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -19,6 +19,8 @@ import pytest
 
 from nofx.localcluster.controlplane import ControlPlane
 from nofx.localcluster.postgres import PostgresServer
+from nofx.localcluster.processes import wait_until
+from nofx.mirror.store import Store
 
 from ..conftest import Kubectl, new_postgres
 from .conftest import OperatorProcess, wait_for_phase
@@ -265,3 +267,112 @@ def test_a_run_deleted_while_postgres_is_down_keeps_its_events(mirrored: Mirrore
         raise AssertionError("the Run was never deleted after Postgres came back")
     rows = mirrored.sql("SELECT seq FROM audit_events WHERE stream = %s ORDER BY seq", f"run/{uid}")
     assert [r[0] for r in rows] == list(range(1, expected + 1))
+
+
+def add_to_outbox(mirrored: Mirrored, namespace: str, name: str, *entries: dict) -> None:
+    """Entries the operator itself would never write (an older version, a hand edit)."""
+    audit = mirrored.kubectl.json("get", "run", name, "-n", namespace)["status"]["audit"]
+    events = [e for e in entries if e["type"] == "event"]
+    patch = {"status": {"audit": {
+        "nextSeq": audit["nextSeq"] + len(events),
+        "pending": [*(audit.get("pending") or []), *entries],
+    }}}  # fmt: skip
+    mirrored.kubectl("patch", "run", name, "-n", namespace, "--subresource=status",
+                     "--type=merge", "-p", json.dumps(patch))  # fmt: skip
+
+
+def metric(mirrored: Mirrored, line_start: str) -> float:
+    lines = [
+        line for line in mirrored.operator.metrics().splitlines() if line.startswith(line_start)
+    ]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def mirrored_condition(mirrored: Mirrored, namespace: str, name: str) -> dict:
+    body = mirrored.kubectl.json("get", "run", name, "-n", namespace)
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Mirrored"), {})
+
+
+def test_nul_is_stored_faithfully_in_audit_events_and_agent_specs(mirrored: Mirrored) -> None:
+    namespace = fresh_namespace(mirrored.kubectl, "nul")
+    apply(mirrored.kubectl, namespace, agent("echo", description="before\x00after"),
+          run("nul-run", steps=[step("work")]))  # fmt: skip
+    body = wait_for_phase(mirrored.kubectl, namespace, "nul-run", {"Succeeded"})
+    seq = body["status"]["audit"]["nextSeq"]
+    wait_mirrored(mirrored, namespace, ["nul-run"])
+    note = {"type": "event", "seq": seq, "at": datetime.now(UTC).isoformat(), "reason": "Note",
+            "message": "exit\x00code \u2400", "actor": "someone"}  # fmt: skip
+    add_to_outbox(mirrored, namespace, "nul-run", note)
+    wait_mirrored(mirrored, namespace, ["nul-run"])
+
+    timeline = json.loads(mirrored.nofx("audit", "nul-run", "-n", namespace, "-o", "json").stdout)
+    assert timeline[-1]["message"] == "exit\x00code \u2400"
+    assert "verifies" in mirrored.nofx("audit", "verify", "nul-run", "-n", namespace).stdout
+    [(stored,)] = mirrored.sql("SELECT message FROM audit_events WHERE reason = 'Note'")
+    assert stored == "exit\u24000code \u2400\u2400"  # escaped, as documented in escaping.py
+
+    wait_until(
+        lambda: bool(mirrored.sql("SELECT 1 FROM spec_versions WHERE namespace = %s", namespace)),
+        30, "the Agent's version in Postgres", interval=0.5,
+    )  # fmt: skip
+    with Store(mirrored.postgres.dsn, REGION) as store:
+        [(_, _, _, spec)] = store.versions("Agent", namespace, "echo")
+    assert spec["description"] == "before\x00after"
+
+
+def test_a_run_postgres_refuses_is_held_back_and_reported_while_others_flow(
+    mirrored: Mirrored,
+) -> None:
+    namespace = fresh_namespace(mirrored.kubectl, "refused")
+    apply(mirrored.kubectl, namespace, agent("echo"), run("refused", steps=[step("work")]))
+    wait_for_phase(mirrored.kubectl, namespace, "refused", {"Succeeded"})
+    wait_mirrored(mirrored, namespace, ["refused"])
+    rejected_before = metric(mirrored, 'nofx_mirror_rejected_total{kind="Run"}')
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    usage = {"type": "usage", "step": "work", "index": None, "attempt": 7,
+             "job": "refused-work-7", "agent": "echo", "startedAt": an_hour_ago,
+             "finishedAt": an_hour_ago, "wallSeconds": 1.0, "cpu": None, "memory": None,
+             "cost": "1e200000", "currency": "USD", "outcome": "Succeeded"}  # fmt: skip
+    add_to_outbox(mirrored, namespace, "refused", usage)  # numeric overflows past 131072 digits
+
+    wait_until(
+        lambda: mirrored_condition(mirrored, namespace, "refused").get("status") == "False",
+        30, "the Mirrored=False condition", interval=0.5,
+    )  # fmt: skip
+    condition = mirrored_condition(mirrored, namespace, "refused")
+    assert condition["reason"] == "MirrorRejected"
+    assert "numeric" in condition["message"], condition
+    events = mirrored.kubectl.json("get", "events", "-n", namespace, "--field-selector",
+                                   "involvedObject.name=refused,reason=MirrorRejected")  # fmt: skip
+    [event] = events["items"]
+    assert event["type"] == "Warning" and "numeric" in event["message"]
+    assert metric(mirrored, 'nofx_mirror_rejected_total{kind="Run"}') == rejected_before + 1
+    wait_until(  # the lag counts the held entry, an hour old
+        lambda: metric(mirrored, "nofx_mirror_pending_age_seconds") >= 3500, 10, "the lag"
+    )
+
+    # Other Runs' rows keep arriving meanwhile; the refused entry stays in its Run's outbox.
+    others = [f"flowing-{i}" for i in range(3)]
+    apply(mirrored.kubectl, namespace, *(run(name, steps=[step("work")]) for name in others))
+    for name in others:
+        wait_for_phase(mirrored.kubectl, namespace, name, {"Succeeded"})
+    wait_mirrored(mirrored, namespace, others)
+    held = mirrored.kubectl.json("get", "run", "refused", "-n", namespace)
+    assert [e["cost"] for e in held["status"]["audit"]["pending"]] == ["1e200000"]
+
+    # Corrected by hand: the writer's own retry writes it, and the condition says so.
+    fixed = {
+        "status": {"audit": {**held["status"]["audit"], "pending": [{**usage, "cost": "0.5"}]}}
+    }
+    mirrored.kubectl("patch", "run", "refused", "-n", namespace, "--subresource=status",
+                     "--type=merge", "-p", json.dumps(fixed))  # fmt: skip
+    wait_mirrored(mirrored, namespace, ["refused"], timeout=60)
+    wait_until(
+        lambda: mirrored_condition(mirrored, namespace, "refused").get("status") == "True",
+        10, "the Mirrored=True condition", interval=0.5,
+    )  # fmt: skip
+    [(cost,)] = mirrored.sql(
+        "SELECT cost FROM usage_records WHERE run_name = 'refused' AND attempt = 7"
+    )
+    assert Decimal(cost) == Decimal("0.5")

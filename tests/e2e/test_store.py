@@ -22,7 +22,7 @@ import pytest
 from nofx.localcluster.postgres import PostgresServer
 from nofx.mirror import chain
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
-from nofx.mirror.store import ChainGapError, Store
+from nofx.mirror.store import ChainGapError, Rejected, Store
 
 from ..conftest import new_postgres
 
@@ -193,12 +193,34 @@ def test_a_gap_raises_and_writes_nothing_of_the_batch(store: Store, dsn: str) ->
     assert store.verify() == []
 
 
-def test_a_nul_in_a_message_is_stored_replaced_and_verifies(store: Store, dsn: str) -> None:
-    event = dataclasses.replace(run_events("a", [1])[0], message="exit\x00code")
-    store.write([event], [], [])
-    store.write([event], [], [])
-    assert rows(dsn, "SELECT message FROM audit_events") == [("exit\ufffdcode",)]
+def test_nul_is_stored_escaped_read_back_faithfully_and_verifies(store: Store, dsn: str) -> None:
+    # Postgres text and jsonb cannot hold NUL; "\u2400" (the escape character) must survive too.
+    message = "exit\x00code \u2400 kept"
+    event = dataclasses.replace(run_events("a", [1], name="nul")[0], message=message)
+    store.write([event], [usage_record(agent="co\x00der")], [])
+    store.write([event], [], [])  # the same entry again: recognised as stored, nothing added
+    assert rows(dsn, "SELECT message FROM audit_events") == [("exit\u24000code \u2400\u2400 kept",)]
     assert store.verify() == []
+    assert [e["message"] for e in store.timeline("team-a", "nul")] == [message]
+    assert [row["agent"] for row in store.usage("acme", T0)] == ["co\x00der"]
+
+    spec = {"description": "a\x00b", "tools": [{"na\x00me": "\u2400"}]}
+    version = SpecVersion("Agent", "team-a", "coder", "a1", spec, "h1", T0, "alice")
+    assert store.record_version(version) == 1
+    assert store.record_version(version) is None  # the same spec is recognised
+    assert store.versions("Agent", "team-a", "coder")[0][3] == spec
+    assert store.verify() == []
+
+
+def test_a_value_postgres_refuses_raises_rejected_and_writes_nothing(
+    store: Store, dsn: str
+) -> None:
+    too_big = usage_record(cost=Decimal("1e200000"))  # beyond numeric's 131072 digits
+    with pytest.raises(Rejected, match="numeric"):
+        store.write(run_events("a", [1]), [too_big], [])
+    assert rows(dsn, "SELECT count(*) FROM audit_events") == [(0,)]
+    store.write(run_events("a", [1]), [usage_record()], [])  # the rest goes through alone
+    assert rows(dsn, "SELECT count(*) FROM usage_records") == [(1,)]
 
 
 def test_verify_names_the_first_edited_or_missing_row(store: Store, dsn: str) -> None:

@@ -80,3 +80,15 @@ class SpecVersion:
     spec_hash: str
     at: datetime
     actor: str | None = None
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """An Agent or Template deleted: the end of its uid's history."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    at: datetime
+    actor: str | None

@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 
 from nofx.decisions import TERMINAL_RUN_PHASES
 from nofx.mirror import chain
+from nofx.mirror.escaping import escape, escape_fields, escape_json, unescape_json, unescape_row
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,23 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-class ChainGapError(Exception):
+class Rejected(Exception):
+    """Postgres refused the batch for what it holds (a value out of range, a violated
+    constraint), not for a lost connection: writing the same rows again fails the same way.
+    Nothing of the batch was written."""
+
+
+class ChainGapError(Rejected):
     """An event's predecessor is neither stored nor in the batch: writing it would break the
     chain. Nothing of the batch was written."""
+
+
+@contextmanager
+def _refusals_as_rejected() -> Iterator[None]:
+    try:
+        yield
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
+        raise Rejected(str(error).strip()) from error
 
 
 def migrations() -> list[tuple[str, str]]:
@@ -183,9 +198,18 @@ class Store:
         runs: Sequence[RunRecord],
     ) -> None:
         """Store a batch in one transaction. Events and usage already stored are skipped, Runs
-        are upserted. Raises ChainGapError (writing nothing) if an event's seq - 1 is missing."""
-        events = [_without_nul(event) for event in events]
-        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+        are upserted. Raises ChainGapError (writing nothing) if an event's seq - 1 is missing,
+        Rejected (writing nothing) if Postgres refuses a value."""
+        # Escaped before hashing: the chain covers the stored values (see escaping.py).
+        events = [escape_fields(event) for event in events]
+        usage = [escape_fields(record) for record in usage]
+        runs = [escape_fields(run) for run in runs]
+        with (
+            _refusals_as_rejected(),
+            self._connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
             rows = self._chain(cur, events)
             if rows:
                 cur.executemany(INSERT_EVENT, rows)
@@ -205,33 +229,39 @@ class Store:
         A re-created object (new uid) gets a new version even with an unchanged spec, and its
         event says Created, so the history reads Created, ..., Deleted, Created."""
         stream = _registry_stream(version.kind, version.namespace, version.name)
-        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+        stored = escape_fields(version)
+        with (
+            _refusals_as_rejected(),
+            self._connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
             self._lock_streams(cur, [stream])
             latest = cur.execute(
                 "SELECT version, spec_hash, uid FROM spec_versions"
                 " WHERE region = %s AND kind = %s AND namespace = %s AND name = %s"
                 " ORDER BY version DESC LIMIT 1",
-                (self.region, version.kind, version.namespace, version.name),
+                (self.region, stored.kind, stored.namespace, stored.name),
             ).fetchone()
-            if latest and (latest[1], latest[2]) == (version.spec_hash, version.uid):
+            if latest and (latest[1], latest[2]) == (stored.spec_hash, stored.uid):
                 return None
             number = latest[0] + 1 if latest else 1
-            created = latest is None or latest[2] != version.uid
+            created = latest is None or latest[2] != stored.uid
             cur.execute(
                 "INSERT INTO spec_versions"
                 " (region, kind, namespace, name, version, uid, spec, spec_hash, at, actor)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     self.region,
-                    version.kind,
-                    version.namespace,
-                    version.name,
+                    stored.kind,
+                    stored.namespace,
+                    stored.name,
                     number,
-                    version.uid,
-                    Jsonb(version.spec),
-                    version.spec_hash,
-                    version.at,
-                    version.actor,
+                    stored.uid,
+                    Jsonb(escape_json(version.spec)),
+                    stored.spec_hash,
+                    stored.at,
+                    stored.actor,
                 ),
             )
             seq, prev = self._tip(cur, stream)
@@ -248,7 +278,7 @@ class Store:
                 actor=version.actor,
                 spec_hash=version.spec_hash,
             )
-            cur.execute(INSERT_EVENT, self._event_row(event, prev))
+            cur.execute(INSERT_EVENT, self._event_row(escape_fields(event), prev))
             return number
 
     def record_deletion(
@@ -256,7 +286,12 @@ class Store:
     ) -> None:
         """Append a Deleted event to the Agent's or Template's stream, once per uid."""
         stream = _registry_stream(kind, namespace, name)
-        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with (
+            _refusals_as_rejected(),
+            self._connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
             self._lock_streams(cur, [stream])
             already = cur.execute(
                 "SELECT 1 FROM audit_events WHERE region = %s AND stream = %s AND uid = %s"
@@ -278,7 +313,7 @@ class Store:
                 message=f"{kind} {namespace}/{name} deleted",
                 actor=actor,
             )
-            cur.execute(INSERT_EVENT, self._event_row(event, prev))
+            cur.execute(INSERT_EVENT, self._event_row(escape_fields(event), prev))
 
     def _lock_streams(self, cur: psycopg.Cursor[Any], streams: list[str]) -> None:
         # Writers of the same stream take turns until commit, so two transactions never both
@@ -296,7 +331,7 @@ class Store:
             return []
         for event in events:
             if event.seq < 1:
-                raise ValueError(f"audit event seq must be >= 1: {event}")
+                raise Rejected(f"audit event seq must be >= 1: {event}")
         self._lock_streams(cur, list({event.stream for event in events}))
         # Stored hashes from each stream's first seq - 1 to its last seq in the batch. LATERAL:
         # one index range scan per stream, whatever the planner thinks of the table's size.
@@ -376,7 +411,9 @@ class Store:
                 " ORDER BY version",
                 (self.region, kind, namespace, name),
             ).fetchall()
-        return [(version, spec_hash, at, spec) for version, spec_hash, at, spec in rows]
+        return [
+            (version, spec_hash, at, unescape_json(spec)) for version, spec_hash, at, spec in rows
+        ]
 
     def timeline(
         self, namespace: str, run_name: str, *, all_regions: bool = False
@@ -394,7 +431,7 @@ class Store:
                     "region": self._region_filter(all_regions),
                 },
             )
-            return cur.fetchall()
+            return [unescape_row(row) for row in cur.fetchall()]
 
     def usage(
         self, account: str, since: datetime, *, all_regions: bool = False
@@ -410,9 +447,13 @@ class Store:
                 " WHERE account = %(account)s AND billed_at >= %(since)s"
                 " AND (%(region)s::text IS NULL OR region = %(region)s)"
                 " GROUP BY day, agent, currency ORDER BY day, agent, currency",
-                {"account": account, "since": since, "region": self._region_filter(all_regions)},
+                {
+                    "account": escape(account),
+                    "since": since,
+                    "region": self._region_filter(all_regions),
+                },
             )
-            return cur.fetchall()
+            return [unescape_row(row) for row in cur.fetchall()]
 
     def verify(self, stream: str | None = None) -> list[str]:
         """Recompute the chain of every (region, stream) in the database, or of one stream in
@@ -465,14 +506,3 @@ def _registry_stream(kind: str, namespace: str, name: str) -> str:
     if kind not in ("Agent", "Template"):
         raise ValueError(f"spec versions and deletions are for Agents and Templates, not {kind!r}")
     return chain.stream_name(kind, namespace, name, uid="")
-
-
-def _without_nul(event: AuditEvent) -> AuditEvent:
-    # Postgres text cannot hold NUL; a Pod's message could. Replaced before hashing, so the
-    # stored row still verifies.
-    changes: dict[str, Any] = {
-        field: value.replace("\x00", "\ufffd")
-        for field in EVENT_FIELDS
-        if isinstance(value := getattr(event, field), str) and "\x00" in value
-    }
-    return dataclasses.replace(event, **changes) if changes else event

@@ -5,6 +5,11 @@ Run events hand it the latest body of each Run (cheap: a dict assignment); the t
 every queued Run's pending entries in one transaction, then removes exactly those entries from
 each Run's status. If Postgres is down it keeps retrying with backoff; the entries stay in the
 Runs' status meanwhile, so a restarted operator finds them again.
+
+One object whose rows Postgres refuses (store.Rejected) never holds back the others: its batch
+is written again Run by Run, and the refused object is held back, retried alone with backoff,
+and reported where people look (a Warning Event and a Mirrored condition on it). A Run whose
+acknowledgement failed is offered again by the writer itself.
 """
 
 from __future__ import annotations
@@ -12,78 +17,50 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from nofx import metrics
 from nofx.kube import Conflict, Kube
-from nofx.mirror import outbox
-from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
-from nofx.mirror.store import ChainGapError, Store
+from nofx.mirror import outbox, report
+from nofx.mirror.records import Deletion, SpecVersion
+from nofx.mirror.retries import Retries
+from nofx.mirror.run_body import RunRows, entry_time, mirrored_part, pending, run_rows, run_target
+from nofx.mirror.store import Rejected, Store
 
 log = logging.getLogger("nofx.mirror")
 
 RunKey = tuple[str, str]
+ObjectKey = tuple[str, str, str]  # kind, namespace, name
 BATCH_RUNS = 200  # Runs per transaction
 ACK_THREADS = 8  # acknowledgements in flight at once: each is one API round trip
-RUN_METADATA = ("namespace", "name", "uid", "resourceVersion", "creationTimestamp")
-RUN_STATUS = ("phase", "startedAt", "finishedAt", "audit")
 MAX_BACKOFF = 30.0
-
-
-@dataclass(frozen=True)
-class Deletion:
-    kind: str
-    namespace: str
-    name: str
-    uid: str
-    at: datetime
-    actor: str | None
-
-
-def mirrored_part(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the mirror reads of a Run: with thousands of Runs queued while Postgres is slow or
-    down, holding their whole bodies (pinned specs, every step) would cost hundreds of MB."""
-    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-    return {
-        "metadata": {key: metadata.get(key) for key in RUN_METADATA},
-        "spec": {key: spec[key] for key in ("templateRef", "account") if key in spec},
-        "status": {key: status[key] for key in RUN_STATUS if key in status},
-    }
-
-
-def run_record(body: dict[str, Any]) -> RunRecord:
-    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-
-    def when(value: str | None) -> datetime | None:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-    return RunRecord(
-        uid=metadata["uid"],
-        namespace=metadata["namespace"],
-        name=metadata["name"],
-        template=(spec.get("templateRef") or {}).get("name"),
-        account=spec.get("account", "default"),
-        phase=status.get("phase"),
-        created_at=when(metadata.get("creationTimestamp")),
-        started_at=when(status.get("startedAt")),
-        finished_at=when(status.get("finishedAt")),
-    )
+RETRY_FIRST = 1.0  # seconds before a refused Run or object, or an acknowledgement, is retried
 
 
 class MirrorWriter:
-    def __init__(self, store: Store, kube: Kube) -> None:
+    def __init__(
+        self, store: Store, kube: Kube, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.kube = kube
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._runs: dict[RunKey, dict[str, Any]] = {}
+        self._runs: dict[RunKey, dict[str, Any]] = {}  # to write with the next batch
+        self._refused_runs: Retries[RunKey, dict[str, Any]] = Retries(
+            RETRY_FIRST, MAX_BACKOFF, clock
+        )
+        self._unacknowledged: Retries[RunKey, dict[str, Any]] = Retries(
+            RETRY_FIRST, MAX_BACKOFF, clock
+        )
         self._versions: list[SpecVersion | Deletion] = []
-        self._recorded: dict[tuple[str, str, str], str | None] = {}
+        self._refused_objects: Retries[ObjectKey, None] = Retries(RETRY_FIRST, MAX_BACKOFF, clock)
+        self._recorded: dict[ObjectKey, str | None] = {}
+        # Objects reported refused: the problem reported ("" if an earlier process reported it).
+        self._reported: dict[ObjectKey, str] = {}
         self._thread = threading.Thread(target=self._loop, name="mirror", daemon=True)
         self._acks = ThreadPoolExecutor(ACK_THREADS, thread_name_prefix="mirror-ack")
 
@@ -103,13 +80,19 @@ class MirrorWriter:
         run = mirrored_part(body)
         key = (run["metadata"]["namespace"], run["metadata"]["name"])
         with self._lock:
-            self._runs[key] = run
+            if report.was_rejected(body):
+                self._reported.setdefault(("Run", *key), "")
+            if not self._refused_runs.update(key, run):
+                self._runs[key] = run
+                self._unacknowledged.release(key)  # this body is written and acknowledged
         self._wake.set()
 
-    def offer_version(self, version: SpecVersion | Deletion) -> None:
+    def offer_version(self, version: SpecVersion | Deletion, was_rejected: bool = False) -> None:
         key = (version.kind, version.namespace, version.name)
         known = version.spec_hash if isinstance(version, SpecVersion) else None
         with self._lock:
+            if was_rejected:
+                self._reported.setdefault(key, "")
             if known is not None and self._recorded.get(key) == known:
                 return  # a status update: the spec this version has was recorded already
             self._recorded[key] = known
@@ -123,8 +106,8 @@ class MirrorWriter:
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
-            self._report_lag()
             try:
+                self._report_lag()
                 self._flush()
                 failures = 0
             except Exception as error:  # Postgres down or slow: keep everything, try later
@@ -135,83 +118,174 @@ class MirrorWriter:
                 self._stop.wait(delay)
 
     def _flush(self) -> None:
+        self._write_versions()
+        self._retry_refused_runs()
+        self._write_runs()
+
+    def _write_versions(self) -> None:
+        """In order; a refused object's later versions wait behind it, the others go on."""
         with self._lock:
-            versions, self._versions = self._versions, []
-            runs = dict(list(self._runs.items())[:BATCH_RUNS])
+            remaining, self._versions = self._versions, []
+            due = {key for key, _ in self._refused_objects.due()}
+            waiting = set(self._refused_objects.keys()) - due
+        kept: list[SpecVersion | Deletion] = []
         try:
-            for version in versions:
-                if isinstance(version, Deletion):
-                    self.store.record_deletion(
-                        version.kind, version.namespace, version.name, version.uid,
-                        version.at, version.actor,
-                    )  # fmt: skip
-                else:
-                    self.store.record_version(version)
-        except Exception:
+            while remaining:
+                version = remaining[0]
+                target = report.Target(version.kind, version.namespace, version.name, version.uid)
+                if target.key in waiting:
+                    kept.append(remaining.pop(0))
+                    continue
+                try:
+                    self._record(version)
+                except Rejected as error:
+                    waiting.add(target.key)
+                    kept.append(remaining.pop(0))
+                    with self._lock:
+                        failures = self._refused_objects.schedule(target.key, None)
+                    self._report_refused(target, str(error), failures)
+                    continue
+                remaining.pop(0)
+                with self._lock:
+                    self._refused_objects.release(target.key)
+                self._report_mirrored(target)
+        finally:
             with self._lock:
-                self._versions[:0] = versions
-            raise
-        if not runs:
+                self._versions[:0] = kept + remaining
+
+    def _record(self, version: SpecVersion | Deletion) -> None:
+        if isinstance(version, Deletion):
+            self.store.record_deletion(
+                version.kind, version.namespace, version.name, version.uid, version.at,
+                version.actor,
+            )  # fmt: skip
+        else:
+            self.store.record_version(version)
+
+    def _write_runs(self) -> None:
+        with self._lock:
+            for key, body in self._unacknowledged.due():
+                self._runs.setdefault(key, body)  # written again (a no-op) and acknowledged
+            batch = dict(list(self._runs.items())[:BATCH_RUNS])
+        if not batch:
             return
         started = time.monotonic()
-        try:
-            events = self._write(list(runs.values()))
-        except ChainGapError:
-            # Cannot happen while the outbox works as designed; if it does, keep that Run's
-            # entries in its status (nothing is lost) and let the other Runs through.
-            events = []
-            for key, body in list(runs.items()):
-                try:
-                    events += self._write([body])
-                except ChainGapError as error:
-                    log.error("cannot mirror Run %s/%s: %s", *key, error)
-                    metrics.MIRROR_ERRORS.inc()
-                    del runs[key]
-                    with self._lock:
-                        self._runs.pop(key, None)
+        written, refused = self._write_isolated(batch)
         metrics.MIRROR_WRITE_SECONDS.observe(time.monotonic() - started)
+        with self._lock:
+            for key, body in batch.items():
+                if self._runs.get(key) is body:  # a newer body would still need writing
+                    del self._runs[key]
+        for key, problem in refused.items():
+            with self._lock:
+                body = self._runs.pop(key, batch[key])
+                failures = self._refused_runs.schedule(key, body)
+            self._report_refused(run_target(body), problem, failures)
+        self._acknowledge_all(written)
+
+    def _retry_refused_runs(self) -> None:
+        """Each alone, as it is now: its entries may have changed or gone meanwhile."""
+        with self._lock:
+            due = self._refused_runs.due()
+        for key, held in due:
+            try:
+                body = self.kube.get("runs", *key)
+            except Exception as error:
+                log.warning("cannot read Run %s/%s: %s", *key, error)
+                with self._lock:
+                    self._refused_runs.schedule(key, held)
+                continue
+            if body is None or not pending(body):  # gone, or its entries removed by hand
+                with self._lock:
+                    self._refused_runs.release(key)
+                if body is not None:
+                    self._report_mirrored(run_target(body))
+                continue
+            run = mirrored_part(body)
+            written, refused = self._write_isolated({key: run})
+            with self._lock:
+                if refused:
+                    failures = self._refused_runs.schedule(key, run)
+                else:
+                    self._refused_runs.release(key)
+            if refused:
+                self._report_refused(run_target(run), refused[key], failures)
+            self._acknowledge_all(written)
+
+    def _write_isolated(
+        self, bodies: dict[RunKey, dict[str, Any]]
+    ) -> tuple[dict[RunKey, dict[str, Any]], dict[RunKey, str]]:
+        """Writes the Runs' pending entries in one transaction; if Postgres refuses it, Run by
+        Run. Returns the Runs written, and the problem of each Run refused."""
+        rows: dict[RunKey, RunRows] = {}
+        refused: dict[RunKey, str] = {}
+        for key, body in bodies.items():
+            try:
+                rows[key] = run_rows(body)
+            except (KeyError, TypeError, ValueError, ArithmeticError) as error:
+                refused[key] = f"malformed audit outbox entry: {error!r}"
+        if len(rows) > 1:
+            try:
+                self._store(list(rows.values()))
+                return {key: bodies[key] for key in rows}, refused
+            except Rejected as error:
+                log.info("Postgres refused a batch, writing it Run by Run: %s", error)
+        for key in list(rows):
+            try:
+                self._store([rows[key]])
+            except Rejected as error:
+                refused[key] = str(error)
+                del rows[key]
+        return {key: bodies[key] for key in rows}, refused
+
+    def _store(self, rows: list[RunRows]) -> None:
+        events = [event for run_events, _, _ in rows for event in run_events]
+        self.store.write(events, [u for _, usage, _ in rows for u in usage], [r for *_, r in rows])
         metrics.MIRROR_EVENTS.inc(len(events))
         now = datetime.now(UTC)
         for event in events:
             metrics.MIRROR_LAG_SECONDS.observe(max(0.0, (now - event.at).total_seconds()))
-        with self._lock:
-            for key, body in runs.items():
-                if self._runs.get(key) is body:  # a newer body would still need writing
-                    del self._runs[key]
 
-        def acknowledge(item: tuple[RunKey, dict[str, Any]]) -> None:
-            key, body = item
-            pending = ((body.get("status") or {}).get("audit") or {}).get("pending") or []
-            if pending:
-                self._acknowledge(key, body, {outbox.entry_key(entry) for entry in pending})
+    def _acknowledge_all(self, written: dict[RunKey, dict[str, Any]]) -> None:
+        done = list(self._acks.map(self._acknowledge, written.items()))
+        for (key, body), acknowledged in zip(written.items(), done, strict=True):
+            with self._lock:
+                if acknowledged:
+                    self._unacknowledged.release(key)
+                elif key not in self._runs:  # else the newer body is acknowledged in turn
+                    self._unacknowledged.schedule(key, body)
+            if acknowledged:
+                self._report_mirrored(run_target(body))
 
-        list(self._acks.map(acknowledge, runs.items()))
+    def _acknowledge(self, item: tuple[RunKey, dict[str, Any]]) -> bool:
+        key, body = item
+        stored = {outbox.entry_key(entry) for entry in pending(body)}
+        try:
+            if self._remove_from_outbox(key, body, stored):
+                return True
+            log.warning(
+                "acknowledgement kept conflicting; offered again later", extra={"run": key[1]}
+            )
+        except Exception as error:
+            log.warning(
+                "acknowledgement failed; offered again later: %s", error, extra={"run": key[1]}
+            )
+        return False
 
-    def _write(self, bodies: list[dict[str, Any]]) -> list[AuditEvent]:
-        """Every pending entry of these Runs, and their current state, in one transaction."""
-        events: list[AuditEvent] = []
-        usage: list[UsageRecord] = []
-        for body in bodies:
-            pending = ((body.get("status") or {}).get("audit") or {}).get("pending") or []
-            run_events, run_usage = outbox.to_records(body, pending)
-            events += run_events
-            usage += run_usage
-        self.store.write(events, usage, [run_record(body) for body in bodies])
-        return events
-
-    def _acknowledge(
+    def _remove_from_outbox(
         self, key: RunKey, body: dict[str, Any] | None, stored: set[tuple[Any, ...]]
-    ) -> None:
-        """Removes the stored entries from the Run's outbox, keeping any added since. Tries the
-        body it wrote from first; only a conflict (the Run changed meanwhile) costs a GET."""
+    ) -> bool:
+        """Removes the stored entries from the Run's outbox, keeping any added since; False if
+        the Run kept changing. Tries the body it wrote from first; only a conflict (the Run
+        changed meanwhile) costs a GET."""
         refetched = False
         for _ in range(5):
             if body is None:
-                return
+                return True
             audit = (body.get("status") or {}).get("audit") or {}
             remaining = outbox.acknowledge(audit.get("pending") or [], stored)
             if len(remaining) == len(audit.get("pending") or []):
-                return
+                return True
             try:
                 written = self.kube.patch_status(
                     "runs", *key,
@@ -223,67 +297,57 @@ class MirrorWriter:
                     # Not after a GET: Kopf may fold the event of a change the reconciler has
                     # not seen yet into the event of this write.
                     self.kube.own_writes.add("runs", written)
-                return
+                return True
             except Conflict:
                 body, refetched = self.kube.get("runs", *key), True
+        return False
+
+    # --- telling people ---
+
+    def _report_refused(self, target: report.Target, problem: str, failures: int) -> None:
+        """An object held back: counted once, reported once per distinct problem."""
+        if failures == 1:
+            metrics.MIRROR_REJECTED.labels(target.kind).inc()
+        log.warning(
+            "Postgres refused %s %s/%s, held back (failure %d): %s",
+            target.kind, target.namespace, target.name, failures, problem,
+            extra={"kind": target.kind, "namespace": target.namespace, "object": target.name},
+        )  # fmt: skip
+        with self._lock:
+            if self._reported.get(target.key) == problem:
+                return
+        try:
+            report.rejected(self.kube, target, problem)
+        except Exception as error:  # reported again with the next failure
+            log.warning("cannot report the refusal of %s/%s: %s", target.kind, target.name, error)
+            return
+        with self._lock:
+            self._reported[target.key] = problem
+
+    def _report_mirrored(self, target: report.Target) -> None:
+        """Once a reported object's entries are in Postgres, its condition says so."""
+        with self._lock:
+            reported = self._reported.pop(target.key, None)
+        if reported is None:
+            return
+        try:
+            report.mirrored(self.kube, target)
+        except Exception as error:  # tried again the next time the object is written
+            log.warning("cannot set %s/%s Mirrored: %s", target.kind, target.name, error)
+            with self._lock:
+                self._reported.setdefault(target.key, reported)
 
     def _report_lag(self) -> None:
-        """Age of the oldest event not yet in Postgres: the mirror's lag."""
+        """Age of the oldest entry not yet in Postgres, or held back, or not yet acknowledged:
+        the mirror's lag."""
         with self._lock:
-            bodies = list(self._runs.values())
-        oldest = None
-        for body in bodies:
-            for entry in ((body.get("status") or {}).get("audit") or {}).get("pending") or []:
-                if entry.get("type") == outbox.EVENT:
-                    at = datetime.fromisoformat(entry["at"])
-                    oldest = at if oldest is None or at < oldest else oldest
+            bodies = [
+                *self._runs.values(),
+                *self._refused_runs.items(),
+                *self._unacknowledged.items(),
+            ]
+            times = [version.at for version in self._versions]
+        times += [at for body in bodies for entry in pending(body) if (at := entry_time(entry))]
+        oldest = min(times, default=None)
         lag = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
         metrics.MIRROR_PENDING_AGE.set(max(0.0, lag))
-
-
-def last_manager(body: dict[str, Any]) -> str | None:
-    """Who last wrote the object, as far as the API server knows (field managers)."""
-    fields = body["metadata"].get("managedFields") or []
-    writes = [
-        f for f in fields if f.get("operation") in ("Apply", "Update") and not f.get("subresource")
-    ]
-    latest = max(writes, key=lambda f: f.get("time") or "", default=None)
-    return latest.get("manager") if latest else None
-
-
-def offer_registry_event(
-    writer: MirrorWriter | None,
-    kind: str,
-    event_type: str | None,
-    body: dict[str, Any],
-    spec_hash: str | None,
-) -> None:
-    """An Agent or Template was created, changed or deleted: its spec version, or the deletion."""
-    if writer is None:
-        return
-    metadata = body["metadata"]
-    now = datetime.now(UTC)
-    if event_type == "DELETED":
-        writer.offer_version(
-            Deletion(
-                kind,
-                metadata["namespace"],
-                metadata["name"],
-                metadata["uid"],
-                now,
-                last_manager(body),
-            )
-        )
-    elif spec_hash is not None:
-        writer.offer_version(
-            SpecVersion(
-                kind=kind,
-                namespace=metadata["namespace"],
-                name=metadata["name"],
-                uid=metadata["uid"],
-                spec=dict(body.get("spec") or {}),
-                spec_hash=spec_hash,
-                at=now,
-                actor=last_manager(body),
-            )
-        )

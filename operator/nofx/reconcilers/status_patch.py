@@ -47,7 +47,11 @@ def apply(
     status = {
         **old,
         **(extra or {}),
-        "conditions": [condition],
+        # Other conditions (the mirror's Mirrored) are not this reconciler's to drop.
+        "conditions": [
+            *(c for c in old.get("conditions") or [] if c.get("type") != "Ready"),
+            condition,
+        ],
         "observedGeneration": metadata.get("generation"),
     }
     if status != old:

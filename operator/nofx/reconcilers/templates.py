@@ -15,7 +15,7 @@ from nofx.api.common import GROUP, VERSION
 from nofx.api.template import TemplateSpec
 from nofx.decisions import agent_for
 from nofx.kube import Kube
-from nofx.mirror.writer import offer_registry_event
+from nofx.mirror.registry import offer_registry_event
 from nofx.reconcilers import status_patch
 from nofx.reconcilers.runs import reconciler
 
