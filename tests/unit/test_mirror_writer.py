@@ -19,7 +19,6 @@ from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.store import Rejected
 from nofx.mirror.writer import MirrorWriter
 
-NOW = datetime.now(UTC)
 POISON = "poison"  # the fake Postgres refuses any row holding this
 
 
@@ -113,7 +112,7 @@ class Clock:
 
 def entry(seq: int, message: str = "started", age: float = 1.0) -> dict[str, Any]:
     return {
-        "type": "event", "seq": seq, "at": (NOW - timedelta(seconds=age)).isoformat(),
+        "type": "event", "seq": seq, "at": (datetime.now(UTC) - timedelta(seconds=age)).isoformat(),
         "reason": "StepStarted", "message": message, "step": "a", "index": None, "attempt": 1,
         "from": None, "to": "Running", "actor": "nofx-operator",
     }  # fmt: skip
@@ -139,7 +138,9 @@ class Setup:
     def agent(self, name: str, spec_hash: str) -> None:
         self.kube.objects[("agents", "team", name)] = {"metadata": {"name": name}}
         self.writer.offer_version(
-            SpecVersion("Agent", "team", name, f"uid-{name}", {}, spec_hash, NOW, "alice")
+            SpecVersion(
+                "Agent", "team", name, f"uid-{name}", {}, spec_hash, datetime.now(UTC), "alice"
+            )
         )
 
     def flush(self, after: float = 0.0) -> None:
