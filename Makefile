@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 # Builds the pinned control-plane binaries on first use (minutes), then answers from the cache.
 TOOLS_BIN = $$(bash tools/build.sh)
 
-.PHONY: help venv tools dev-up dev-down test unit e2e demo bench lint crds check-crds clean
+.PHONY: help venv tools dev-up dev-down test unit e2e chaos demo bench lint crds check-crds clean
 
 help:
 	@echo "make demo      run the local control plane and show it working"
 	@echo "make test      run every test (unit and end-to-end)"
 	@echo "make dev-up    start a local control plane and Postgres in the background"
 	@echo "make dev-down  stop them"
+	@echo "make chaos     the crash test at twice its scale (300 Runs, 40 operator kills)"
 	@echo "make bench     latency and throughput figures (bench/summary.md)"
 	@echo "make lint      ruff and mypy"
 	@echo "make crds      regenerate crds/ from the API types"
@@ -41,6 +42,10 @@ unit: venv
 
 e2e: venv
 	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m pytest tests/e2e
+
+# The crash test of `make test` at twice its scale: 300 Runs, 40 SIGKILLs, a Postgres outage.
+chaos: venv
+	NOFX_TOOLS_BIN=$(TOOLS_BIN) NOFX_CHAOS_RUNS=300 NOFX_CHAOS_KILLS=40 $(PY) -m pytest tests/e2e/test_crash.py
 
 demo: venv
 	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx.localcluster.demo
