@@ -23,6 +23,8 @@ from nofx.api.agent import AgentSpec
 from nofx.api.common import READY, SUCCEEDED, Condition, parse_duration
 from nofx.api.reasons import TERMINAL_STEP_REASONS, Reason
 from nofx.api.run import (
+    TERMINAL_RUN_PHASES,
+    TERMINAL_STEP_PHASES,
     Pinned,
     PinnedAgent,
     PinnedTemplate,
@@ -32,10 +34,9 @@ from nofx.api.run import (
     Usage,
 )
 from nofx.api.template import Step, TemplateSpec
+from nofx.changes import AttemptFinished, step_label
 from nofx.jobs import JobObservation, JobRequest, job_name, timeout_seconds
 
-TERMINAL_RUN_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
-TERMINAL_STEP_PHASES = frozenset({"Succeeded", "Failed", "Skipped", "Cancelled"})
 MAX_OUTPUT_BYTES = 4096  # the kubelet's own limit on a termination message
 MAX_OUTPUT_KEYS = 32  # status.steps[].outputs maxProperties
 MAX_OUTPUT_NESTING = 32  # deeper JSON would make every later reader recurse that deep
@@ -113,25 +114,6 @@ class ChildRunRequest:
     parameters: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class AttemptFinished:
-    """One finished step attempt, for usage metering."""
-
-    step: str
-    index: int | None
-    attempt: int
-    job_name: str
-    agent: str
-    outcome: str
-    wall_seconds: float
-    cost: Decimal
-    currency: str
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    cpu_request: str | None = None
-    memory_request: str | None = None
-
-
 @dataclass
 class Decision:
     status: RunStatus
@@ -187,7 +169,7 @@ _UNFINISHED_STEP_PHASES = ("Pending", "Waiting", "Running")
 def inconsistency(status: RunStatus) -> str | None:
     """What makes a stored status impossible for the operator to have written: someone else
     wrote runs/status (the operator's alone). None if it is consistent."""
-    unfinished = [_step_label(e) for e in status.steps or [] if e.phase in _UNFINISHED_STEP_PHASES]
+    unfinished = [step_label(e) for e in status.steps or [] if e.phase in _UNFINISHED_STEP_PHASES]
     if status.phase in TERMINAL_RUN_PHASES and unfinished:
         return (
             f"status.phase is {status.phase} while {', '.join(unfinished[:5])} had not finished: "
@@ -1128,76 +1110,3 @@ def _condition(
         )
     )
     status.conditions = sorted(conditions, key=lambda c: c.type)
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One change of a Run's or a step's phase: an Event on the Run, a log line, an audit row."""
-
-    step: str | None  # None: the Run itself
-    index: int | None
-    attempt: int | None
-    from_phase: str | None
-    to_phase: str
-    reason: str
-    message: str
-
-    @property
-    def warning(self) -> bool:
-        return self.reason in ("StepFailed", "StepRetrying", "RunFailed", "Pending")
-
-
-_STEP_REASONS = {
-    "Running": "StepStarted",
-    "Succeeded": "StepSucceeded",
-    "Failed": "StepFailed",
-    "Skipped": "StepSkipped",
-    "Cancelled": "StepCancelled",
-}
-
-
-def transitions(old: RunStatus, new: RunStatus) -> list[Transition]:
-    """What changed between two statuses, steps first, in status order."""
-    before = {(entry.name, entry.index): entry for entry in old.steps or []}
-    changes = []
-    for entry in new.steps or []:
-        previous = before.get((entry.name, entry.index))
-        old_phase = previous.phase if previous else None
-        old_attempts = previous.attempts if previous else None
-        if old_phase == entry.phase and old_attempts == entry.attempts:
-            continue
-        if entry.phase == "Pending" and old_phase is None:
-            continue  # listing the plan is not news
-        if entry.phase == "Waiting":
-            reason = "StepRetrying" if entry.next_attempt_at else "StepWaiting"
-        else:
-            reason = _STEP_REASONS.get(entry.phase, "StepPending")
-        changes.append(
-            Transition(
-                step=entry.name,
-                index=entry.index,
-                attempt=entry.attempts,
-                from_phase=old_phase,
-                to_phase=entry.phase,
-                reason=reason,
-                message=_step_label(entry) + (f": {entry.message}" if entry.message else ""),
-            )
-        )
-    if new.phase and new.phase != old.phase:
-        changes.append(
-            Transition(
-                step=None,
-                index=None,
-                attempt=None,
-                from_phase=old.phase,
-                to_phase=new.phase,
-                reason="Pending" if new.phase == "Pending" else f"Run{new.phase}",
-                message=new.message or new.phase,
-            )
-        )
-    return changes
-
-
-def _step_label(entry: StepStatus) -> str:
-    item = f"[{entry.index}]" if entry.index is not None else ""
-    return f"step {entry.name}{item}"

@@ -11,9 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nofx.api import AgentSpec, RunSpec, RunStatus, StepStatus, TemplateSpec
+from nofx.api.run import TERMINAL_RUN_PHASES, TERMINAL_STEP_PHASES
 from nofx.decisions import (
-    TERMINAL_RUN_PHASES,
-    TERMINAL_STEP_PHASES,
     ChildRunObservation,
     Decision,
     RunView,

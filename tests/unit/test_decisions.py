@@ -16,19 +16,18 @@ from typing import Any
 import pytest
 
 from nofx.api import RunSpec, RunStatus
+from nofx.api.run import TERMINAL_RUN_PHASES, TERMINAL_STEP_PHASES
 from nofx.api.template import Step
+from nofx.changes import transitions
 from nofx.decisions import (
     MAX_OUTPUT_BYTES,
     POD_START_CHECK,
-    TERMINAL_RUN_PHASES,
-    TERMINAL_STEP_PHASES,
     ChildRunRequest,
     Decision,
     agent_for,
     child_run_name,
     decide,
     parse_outputs,
-    transitions,
 )
 from nofx.jobs import job_name
 from tests.unit.builders import (

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from nofx.api.run import RunStatus
-from nofx.decisions import AttemptFinished, Transition
+from nofx.changes import AttemptFinished, Transition
 from nofx.mirror import outbox
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)

@@ -43,6 +43,8 @@ from nofx.api.template import (
 
 RunPhase = Literal["Pending", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled"]
 StepPhase = Literal["Pending", "Waiting", "Running", "Succeeded", "Failed", "Skipped", "Cancelled"]
+TERMINAL_RUN_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
+TERMINAL_STEP_PHASES = frozenset({"Succeeded", "Failed", "Skipped", "Cancelled"})
 
 # The only spec fields a person may change after creation; everything else is fixed so that a
 # Run always means what it meant when it started.

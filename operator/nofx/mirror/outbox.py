@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from nofx.api.run import AuditOutbox, RunStatus
-from nofx.decisions import AttemptFinished, Transition
+from nofx.changes import AttemptFinished, Transition
 from nofx.mirror.chain import stream_name
 from nofx.mirror.records import AuditEvent, UsageRecord
 

@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from nofx.decisions import TERMINAL_RUN_PHASES
+from nofx.api.run import TERMINAL_RUN_PHASES
 from nofx.mirror import chain
 from nofx.mirror.escaping import escape, escape_fields, escape_json, unescape_json, unescape_row
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord

@@ -27,12 +27,17 @@ from nofx import metrics
 from nofx.api.agent import AgentSpec
 from nofx.api.common import API_VERSION, GROUP, VERSION
 from nofx.api.reasons import Reason
-from nofx.api.run import AuditOutbox, RunSpec, RunStatus
-from nofx.api.template import TemplateSpec
-from nofx.decisions import (
-    POD_START_CHECK,
+from nofx.api.run import (
     TERMINAL_RUN_PHASES,
     TERMINAL_STEP_PHASES,
+    AuditOutbox,
+    RunSpec,
+    RunStatus,
+)
+from nofx.api.template import TemplateSpec
+from nofx.changes import transitions
+from nofx.decisions import (
+    POD_START_CHECK,
     ChildRunObservation,
     ChildRunRequest,
     Decision,
@@ -42,7 +47,6 @@ from nofx.decisions import (
     abort_run,
     decide,
     reconcile_error,
-    transitions,
 )
 from nofx.jobs import (
     ACCOUNT_LABEL,

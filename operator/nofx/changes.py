@@ -1,0 +1,103 @@
+"""What changed in a Run: transitions of its phase and its steps' phases, and finished step
+attempts. The planner makes them; the reconciler tells them as Events and logs, the mirror
+stores them as audit rows and usage records. Plain data, shared by both sides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from nofx.api.run import RunStatus, StepStatus
+
+
+@dataclass(frozen=True)
+class AttemptFinished:
+    """One finished step attempt, for usage metering."""
+
+    step: str
+    index: int | None
+    attempt: int
+    job_name: str
+    agent: str
+    outcome: str
+    wall_seconds: float
+    cost: Decimal
+    currency: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    cpu_request: str | None = None
+    memory_request: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of a Run's or a step's phase: an Event on the Run, a log line, an audit row."""
+
+    step: str | None  # None: the Run itself
+    index: int | None
+    attempt: int | None
+    from_phase: str | None
+    to_phase: str
+    reason: str
+    message: str
+
+    @property
+    def warning(self) -> bool:
+        return self.reason in ("StepFailed", "StepRetrying", "RunFailed", "Pending")
+
+
+_STEP_REASONS = {
+    "Running": "StepStarted",
+    "Succeeded": "StepSucceeded",
+    "Failed": "StepFailed",
+    "Skipped": "StepSkipped",
+    "Cancelled": "StepCancelled",
+}
+
+
+def transitions(old: RunStatus, new: RunStatus) -> list[Transition]:
+    """What changed between two statuses, steps first, in status order."""
+    before = {(entry.name, entry.index): entry for entry in old.steps or []}
+    changes = []
+    for entry in new.steps or []:
+        previous = before.get((entry.name, entry.index))
+        old_phase = previous.phase if previous else None
+        old_attempts = previous.attempts if previous else None
+        if old_phase == entry.phase and old_attempts == entry.attempts:
+            continue
+        if entry.phase == "Pending" and old_phase is None:
+            continue  # listing the plan is not news
+        if entry.phase == "Waiting":
+            reason = "StepRetrying" if entry.next_attempt_at else "StepWaiting"
+        else:
+            reason = _STEP_REASONS.get(entry.phase, "StepPending")
+        changes.append(
+            Transition(
+                step=entry.name,
+                index=entry.index,
+                attempt=entry.attempts,
+                from_phase=old_phase,
+                to_phase=entry.phase,
+                reason=reason,
+                message=step_label(entry) + (f": {entry.message}" if entry.message else ""),
+            )
+        )
+    if new.phase and new.phase != old.phase:
+        changes.append(
+            Transition(
+                step=None,
+                index=None,
+                attempt=None,
+                from_phase=old.phase,
+                to_phase=new.phase,
+                reason="Pending" if new.phase == "Pending" else f"Run{new.phase}",
+                message=new.message or new.phase,
+            )
+        )
+    return changes
+
+
+def step_label(entry: StepStatus) -> str:
+    item = f"[{entry.index}]" if entry.index is not None else ""
+    return f"step {entry.name}{item}"
