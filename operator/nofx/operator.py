@@ -15,9 +15,9 @@ import kopf
 from prometheus_client import start_http_server
 
 from nofx import kube, metrics
-from nofx.decisions import Limits
 from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
+from nofx.planner.facts import Limits
 from nofx.reconcilers import agents, runs, templates  # noqa: F401 - importing registers handlers
 
 log = logging.getLogger("nofx.operator")

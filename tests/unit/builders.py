@@ -12,14 +12,15 @@ from typing import Any
 
 from nofx.api import AgentSpec, RunSpec, RunStatus, StepStatus, TemplateSpec
 from nofx.api.run import TERMINAL_RUN_PHASES, TERMINAL_STEP_PHASES
-from nofx.decisions import (
+from nofx.planner.decide import decide
+from nofx.planner.facts import (
     ChildRunObservation,
     Decision,
+    JobObservation,
+    JobState,
     RunView,
     World,
-    decide,
 )
-from nofx.jobs import JobObservation, JobState
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 RUN_NAME = "demo"

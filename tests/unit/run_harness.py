@@ -9,9 +9,13 @@ from typing import Any, cast
 
 from nofx.api import AgentSpec, RunStatus, StepStatus
 from nofx.api.common import API_VERSION
-from nofx.jobs import AGENT_LABEL, CONTAINER_NAME, job_name, observe_job
+from nofx.builders.job import CONTAINER_NAME
+from nofx.builders.job_status import observe_job
+from nofx.builders.labels import AGENT_LABEL
+from nofx.builders.ownership import owning_run
 from nofx.kube import Kube
-from nofx.reconcilers.runs import RunKey, RunReconciler, owning_run
+from nofx.planner.naming import job_name
+from nofx.reconcilers.runs import RunKey, RunReconciler
 from tests.unit.builders import agent
 from tests.unit.fake_kube import FakeKube
 

@@ -19,17 +19,12 @@ from nofx.api import RunSpec, RunStatus
 from nofx.api.run import TERMINAL_RUN_PHASES, TERMINAL_STEP_PHASES
 from nofx.api.template import Step
 from nofx.changes import transitions
-from nofx.decisions import (
-    MAX_OUTPUT_BYTES,
-    POD_START_CHECK,
-    ChildRunRequest,
-    Decision,
-    agent_for,
-    child_run_name,
-    decide,
-    parse_outputs,
-)
-from nofx.jobs import job_name
+from nofx.planner.attempts import POD_START_CHECK
+from nofx.planner.decide import decide
+from nofx.planner.facts import ChildRunRequest, Decision
+from nofx.planner.naming import child_run_name, job_name
+from nofx.planner.outputs import MAX_OUTPUT_BYTES, parse_outputs
+from nofx.planner.pinning import agent_for
 from tests.unit.builders import (
     AGENTS,
     RUN_UID,

@@ -10,17 +10,11 @@ from typing import Any
 import pytest
 
 from nofx.api import AgentSpec
-from nofx.jobs import (
-    RUN_AS_USER,
-    JobObservation,
-    JobRequest,
-    RunRef,
-    build_job,
-    job_name,
-    observe_job,
-    timeout_seconds,
-    with_pod,
-)
+from nofx.builders.job import RUN_AS_USER, RunRef, build_job
+from nofx.builders.job_status import observe_job, with_pod
+from nofx.planner.attempts import timeout_seconds
+from nofx.planner.facts import JobObservation, JobRequest
+from nofx.planner.naming import job_name
 from tests.unit.builders import RUN_UID, Sim, agent, inline, step
 
 RUN = RunRef(name="demo", namespace="team-a", uid=RUN_UID, account="acme")

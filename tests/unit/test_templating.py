@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from nofx.templating import Reference, TemplateError, references, render, render_value
+from nofx.planner.templating import Reference, TemplateError, references, render, render_value
 
 CONTEXT: dict[str, Any] = {
     "params": {"repo": "nofx-dev/api", "count": 3, "repos": ["a", "b"], "dryRun": False},

@@ -11,18 +11,13 @@ import pytest
 
 from nofx.api import RunStatus
 from nofx.api.reasons import Reason
-from nofx.decisions import (
-    MAX_OUTPUT_NESTING,
-    ChildRunObservation,
-    Limits,
-    abort_run,
-    decide,
-    parse_outputs,
-    reconcile_error,
-    status_bound_problems,
-    template_cycle,
-)
-from nofx.jobs import JobObservation, job_name
+from nofx.planner.conditions import reconcile_error
+from nofx.planner.decide import decide
+from nofx.planner.facts import ChildRunObservation, JobObservation, Limits
+from nofx.planner.naming import job_name
+from nofx.planner.outputs import MAX_OUTPUT_NESTING, parse_outputs
+from nofx.planner.pinning import status_bound_problems, template_cycle
+from nofx.planner.stopping import abort_run
 from tests.unit.builders import (
     RUN_NAME,
     RUN_UID,

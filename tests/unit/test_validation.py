@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from nofx.api import Parameter, RunSpec, Step, TemplateSpec
-from nofx.validation import (
+from nofx.planner.validation import (
     MAX_FOR_EACH_ITEMS,
     expand_for_each,
     find_cycle,

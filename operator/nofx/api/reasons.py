@@ -18,6 +18,14 @@ class Reason(StrEnum):
     POD_CREATE_FAILED = "PodCreateFailed"  # the Job could not create its Pod in time
     OUTPUTS_LOST = "OutputsLost"  # the Job succeeded, but its Pod is gone with the outputs
     CHILD_RUN_LIMIT = "ChildRunLimit"  # depth or size limit of a tree of child Runs
+    # Why a step waits.
+    AWAITING_APPROVAL = "AwaitingApproval"  # its approval gate: spec.approvals must name it
+    SUSPENDED = "Suspended"  # spec.suspend: nothing new starts
+    WAITING_FOR_SLOT = "WaitingForSlot"  # its Agent runs maxConcurrentSteps already
+    RETRY_BACKOFF = "RetryBackoff"  # an attempt failed; the next starts at nextAttemptAt
+    # Why a step was skipped.
+    UPSTREAM_FAILED = "UpstreamFailed"  # a step it depends on did not succeed
+    WHEN_NOT_MET = "WhenNotMet"  # its `when` expressions are false
 
 
 # Failures that another attempt of the same step would only repeat.

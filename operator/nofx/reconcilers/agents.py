@@ -9,10 +9,10 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from nofx import validation
 from nofx.api.agent import AgentSpec
 from nofx.api.common import GROUP, VERSION
 from nofx.mirror.registry import offer_registry_event
+from nofx.planner import validation
 from nofx.reconcilers import status_patch
 from nofx.reconcilers.runs import reconciler
 from nofx.reconcilers.templates import refresh_templates

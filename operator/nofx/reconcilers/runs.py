@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from nofx import metrics
 from nofx.api.agent import AgentSpec
-from nofx.api.common import API_VERSION, GROUP, VERSION
+from nofx.api.common import GROUP, VERSION
 from nofx.api.reasons import Reason
 from nofx.api.run import (
     TERMINAL_RUN_PHASES,
@@ -35,45 +35,42 @@ from nofx.api.run import (
     RunStatus,
 )
 from nofx.api.template import TemplateSpec
-from nofx.changes import transitions
-from nofx.decisions import (
-    POD_START_CHECK,
-    ChildRunObservation,
-    ChildRunRequest,
-    Decision,
-    Limits,
-    RunView,
-    World,
-    abort_run,
-    decide,
-    reconcile_error,
-)
-from nofx.jobs import (
-    ACCOUNT_LABEL,
+from nofx.builders.child_run import build_child_run
+from nofx.builders.job import RunRef, build_job
+from nofx.builders.job_status import observe_job, with_pod
+from nofx.builders.labels import (
     AGENT_LABEL,
-    MANAGED_BY,
+    DEPTH_LABEL,
+    PARENT_LABEL,
+    ROOT_LABEL,
     RUN_LABEL,
-    JobObservation,
-    JobRequest,
-    RunRef,
-    build_job,
-    job_name,
     label_value,
-    observe_job,
-    with_pod,
 )
+from nofx.builders.ownership import owning_run
+from nofx.changes import transitions
 from nofx.kube import Conflict, Kube, Rejected
 from nofx.mirror import outbox
 from nofx.mirror.writer import MirrorWriter
+from nofx.planner.attempts import POD_START_CHECK
+from nofx.planner.conditions import reconcile_error
+from nofx.planner.decide import decide
+from nofx.planner.facts import (
+    ChildRunObservation,
+    Decision,
+    JobObservation,
+    JobRequest,
+    Limits,
+    RunView,
+    World,
+)
+from nofx.planner.naming import job_name
+from nofx.planner.stopping import abort_run
 from nofx.reconcilers.errors import ErrorBudget, is_transient
 from nofx.slots import AgentSlots
 
 log = logging.getLogger("nofx.runs")
 
 RunKey = tuple[str, str]  # (namespace, name)
-PARENT_LABEL = "nofx.dev/parent-run"
-ROOT_LABEL = "nofx.dev/root-run"  # uid of the Run at the root of a tree of child Runs
-DEPTH_LABEL = "nofx.dev/depth"  # how many parents a child Run has
 AUDIT_FINALIZER = "nofx.dev/audit"
 MAX_CONFLICT_RETRIES = 5
 
@@ -456,7 +453,7 @@ class RunReconciler:
             log.info("created Job" if created else "Job already existed", extra=extra)
         for child in decision.create_child_runs:
             try:
-                self.kube.create("runs", run.namespace, _child_run(run, child))
+                self.kube.create("runs", run.namespace, build_child_run(run, child))
             except Rejected as error:
                 log.warning("the API server refused a child Run: %s", error.message)
                 refused.child_runs[child.name] = ChildRunObservation(
@@ -704,47 +701,6 @@ def _observe_latency(
     if upstream_finished:
         latest = max(upstream_finished)
         metrics.NEXT_JOB_SECONDS.observe(max(0.0, (now - latest).total_seconds()))
-
-
-def _child_run(parent: RunView, request: ChildRunRequest) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Run",
-        "metadata": {
-            "name": request.name,
-            "namespace": parent.namespace,
-            "labels": {
-                PARENT_LABEL: label_value(parent.name),
-                ROOT_LABEL: parent.root_uid or parent.uid,
-                DEPTH_LABEL: str(parent.depth + 1),
-                ACCOUNT_LABEL: label_value(parent.spec.account),
-                **MANAGED_BY,
-            },
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": "Run",
-                    "name": parent.name,
-                    "uid": parent.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": {
-            "templateRef": {"name": request.template},
-            "parameters": request.parameters,
-            "account": parent.spec.account,
-        },
-    }
-
-
-def owning_run(body: Any) -> str | None:
-    """Name of the Run that owns a Job or a child Run (labels may hold a hash of it)."""
-    for owner in body.get("metadata", {}).get("ownerReferences") or []:
-        if owner.get("kind") == "Run" and owner.get("apiVersion", "").startswith(f"{GROUP}/"):
-            return str(owner["name"])
-    return None
 
 
 # --- Kopf wiring ----------------------------------------------------------------------------

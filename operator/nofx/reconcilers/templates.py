@@ -10,12 +10,12 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from nofx import validation
 from nofx.api.common import GROUP, VERSION
 from nofx.api.template import TemplateSpec
-from nofx.decisions import agent_for
 from nofx.kube import Kube
 from nofx.mirror.registry import offer_registry_event
+from nofx.planner import validation
+from nofx.planner.pinning import agent_for
 from nofx.reconcilers import status_patch
 from nofx.reconcilers.runs import reconciler
 

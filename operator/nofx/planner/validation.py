@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from nofx.api.template import Parameter, ParameterType, Step, TemplateSpec, json_type
-from nofx.templating import Reference, TemplateError, references, render_value
+from nofx.planner.templating import Reference, TemplateError, references, render_value
 
 MAX_FOR_EACH_ITEMS = 100
 

@@ -1,0 +1,42 @@
+"""A childRun step as a Run of its own: owned by its parent, labelled with its parent, the root
+of its tree and its depth, billed to the parent's account."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nofx.api.common import API_VERSION
+from nofx.builders.labels import (
+    ACCOUNT_LABEL,
+    DEPTH_LABEL,
+    MANAGED_BY,
+    PARENT_LABEL,
+    ROOT_LABEL,
+    label_value,
+)
+from nofx.builders.ownership import owner_reference
+from nofx.planner.facts import ChildRunRequest, RunView
+
+
+def build_child_run(parent: RunView, request: ChildRunRequest) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Run",
+        "metadata": {
+            "name": request.name,
+            "namespace": parent.namespace,
+            "labels": {
+                PARENT_LABEL: label_value(parent.name),
+                ROOT_LABEL: parent.root_uid or parent.uid,
+                DEPTH_LABEL: str(parent.depth + 1),
+                ACCOUNT_LABEL: label_value(parent.spec.account),
+                **MANAGED_BY,
+            },
+            "ownerReferences": [owner_reference(parent.name, parent.uid)],
+        },
+        "spec": {
+            "templateRef": {"name": request.template},
+            "parameters": request.parameters,
+            "account": parent.spec.account,
+        },
+    }

@@ -1,0 +1,155 @@
+"""A plain step (or one forEach item): start an attempt as a Job, read how it ended, retry with
+backoff, give up; and watch a Job that cannot create its Pod."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from nofx.api.common import parse_duration
+from nofx.api.reasons import TERMINAL_STEP_REASONS, Reason
+from nofx.api.run import StepStatus
+from nofx.api.template import Step
+from nofx.planner import billing, templating
+from nofx.planner.conditions import bounded
+from nofx.planner.facts import JobObservation, JobRequest
+from nofx.planner.naming import job_name
+from nofx.planner.outputs import outcome
+from nofx.planner.pinning import agent_for
+from nofx.planner.state import RunState
+
+# A Job without a Pod this long is asked why (the Job controller's FailedCreate Events); one
+# that still has none, with an error, Limits.pod_create_timeout after its creation fails the
+# attempt.
+POD_START_CHECK = timedelta(seconds=5)
+MINUTE = timedelta(minutes=1)
+
+
+def start_attempt(
+    state: RunState, step: Step, entry: StepStatus, context: dict[str, Any], item: Any = None
+) -> None:
+    if state.run.spec.suspend:
+        state.wait(entry, "the Run is suspended", Reason.SUSPENDED)
+        return
+    agent_name = agent_for(step, state.agents)
+    assert agent_name is not None, "pinning chose an agent for every step"
+    agent = state.agents[agent_name]
+    if agent_name in state.free_slots:
+        if state.free_slots[agent_name] <= 0:
+            state.decision.waiting_for.add(("AgentSlot", agent_name))
+            limit = agent.max_concurrent_steps
+            message = f"waiting for a free slot of Agent {agent_name} (maxConcurrentSteps {limit})"
+            state.wait(entry, message, Reason.WAITING_FOR_SLOT)
+            return
+        state.free_slots[agent_name] -= 1
+    try:
+        inputs = {
+            key: templating.render(value, context) for key, value in (step.inputs or {}).items()
+        }
+    except templating.TemplateError as error:
+        state.end(entry, "Failed", f"inputs: {error}")
+        return
+    attempt = (entry.attempts or 0) + 1
+    name = job_name(state.run.name, state.run.uid, step.name, entry.index, attempt)
+    # A Job seen already was created before a crash that kept this status from being
+    # written: it is this attempt, to be read (below), not created again.
+    if name not in state.world.jobs:
+        state.decision.create_jobs.append(
+            JobRequest(
+                step=step.name,
+                index=entry.index,
+                attempt=attempt,
+                agent_name=agent_name,
+                agent=agent,
+                inputs=inputs,
+                item=item,
+                timeout_seconds=timeout_seconds(step.timeout),
+                job_name=name,
+            )
+        )
+    # A look at the Job soon: one that cannot create its Pod sends no event that says so.
+    state.decision.wake_no_later_than(state.now + POD_START_CHECK)
+    entry.phase = "Running"
+    entry.reason = None
+    entry.attempts = attempt
+    entry.job_name = name
+    entry.started_at = entry.started_at or state.now
+    entry.next_attempt_at = None
+    entry.message = f"attempt {attempt} running as Job {name}"
+    if name in state.world.jobs:
+        advance_attempt(state, step, entry, context, item)  # it may have finished already
+
+
+def advance_attempt(
+    state: RunState, step: Step, entry: StepStatus, context: dict[str, Any], item: Any = None
+) -> None:
+    if entry.phase == "Waiting":
+        if entry.next_attempt_at is not None and state.now < entry.next_attempt_at:
+            state.decision.wake_no_later_than(entry.next_attempt_at)
+            return
+        start_attempt(state, step, entry, context, item)
+        return
+    observation = state.world.jobs.get(entry.job_name or "")
+    if observation is None:
+        return
+    attempt = entry.attempts or 0
+    if observation.state == "Active":
+        failure = _pod_start_failure(state, entry, observation)
+        if failure is None:
+            return
+        outputs: dict[str, Any] = {}
+        reason: Reason | None = Reason.POD_CREATE_FAILED
+        state.decision.delete_jobs.append(observation.name)  # else it keeps trying
+    else:
+        outputs, failure, reason = outcome(observation, step.timeout)
+    billing.meter(state, step, entry, observation, "Succeeded" if failure is None else "Failed")
+    if failure is None:
+        entry.outputs = outputs
+        state.end(entry, "Succeeded", f"attempt {attempt} succeeded")
+        return
+    limit = step.retries.limit if step.retries else 0
+    if attempt <= limit and reason not in TERMINAL_STEP_REASONS:
+        assert step.retries is not None
+        backoff = step.retries.backoff
+        # Capped in seconds before it becomes a timedelta, which a large power would overflow.
+        grown = parse_duration(backoff.duration).total_seconds() * backoff.factor ** (attempt - 1)
+        delay = timedelta(seconds=min(grown, parse_duration(backoff.max_duration).total_seconds()))
+        entry.phase = "Waiting"
+        entry.reason = Reason.RETRY_BACKOFF
+        entry.next_attempt_at = state.now + delay
+        entry.message = bounded(
+            f"attempt {attempt} failed: {failure}; retry {attempt} of {limit} "
+            f"in {delay.total_seconds():g}s"
+        )
+        state.decision.wake_no_later_than(entry.next_attempt_at)
+        return
+    tries = f" after {attempt} attempts" if attempt > 1 else ""
+    state.end(entry, "Failed", f"{failure}{tries}", reason)
+
+
+def _pod_start_failure(state: RunState, entry: StepStatus, job: JobObservation) -> str | None:
+    """Watches a Job that has no Pod yet: says why in the step's message, and gives up
+    (returns why) once it had an error for too long."""
+    if job.pods_started or job.created_at is None:
+        return None
+    age = state.now - job.created_at
+    if age < POD_START_CHECK:
+        state.decision.wake_no_later_than(job.created_at + POD_START_CHECK)
+        return None
+    if job.pod_create_error is None:
+        # Only slow (a busy Job controller or scheduler): look again, less and less often.
+        state.decision.wake_no_later_than(state.now + min(max(age / 2, POD_START_CHECK), MINUTE))
+        return None
+    problem = f"Job {job.name} cannot create its Pod: {job.pod_create_error}"
+    timeout = state.world.limits.pod_create_timeout
+    if age >= timeout:
+        return f"{problem} (for {age.total_seconds():.0f}s)"
+    entry.message = bounded(f"attempt {entry.attempts} waits: {problem}")
+    state.decision.wake_no_later_than(job.created_at + timeout)
+    return None
+
+
+def timeout_seconds(duration: str | None) -> int | None:
+    if not duration:
+        return None
+    return max(1, round(parse_duration(duration).total_seconds()))
