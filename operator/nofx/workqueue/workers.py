@@ -1,0 +1,72 @@
+"""What a worker does with a key, as controller-runtime's reconcileHandler: a failure is
+retried after the key's backoff, a success forgets the backoff and sets the key's timer to the
+time its result asks for."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from nofx.workqueue.backoff import Backoff, Retry
+from nofx.workqueue.delays import Timers, When
+from nofx.workqueue.queue import ShutDown, WorkQueue
+
+log = logging.getLogger("nofx.workqueue")
+
+K = TypeVar("K", bound=Hashable)
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a reconcile asks for: another look at a moment or after a delay, or None (no
+    timer: the next event will do)."""
+
+    requeue_after: When = None
+
+
+async def worker(
+    queue: WorkQueue[K, P],
+    timers: Timers[K],
+    backoff: Backoff[K],
+    reconcile: Callable[[K, P | None], Awaitable[Result]],
+    on_error: Callable[[K, Exception, Retry], Awaitable[None]] | None = None,
+) -> None:
+    """Handles keys one after the other until the queue shuts down. Start several as tasks:
+    different keys are then handled at once, a key never twice at once."""
+    while True:
+        try:
+            key, payload = await queue.get()
+        except ShutDown:
+            return
+        try:
+            await handle(key, payload, timers, backoff, reconcile, on_error)
+        finally:
+            queue.done(key)
+
+
+async def handle(
+    key: K,
+    payload: P | None,
+    timers: Timers[K],
+    backoff: Backoff[K],
+    reconcile: Callable[[K, P | None], Awaitable[Result]],
+    on_error: Callable[[K, Exception, Retry], Awaitable[None]] | None = None,
+) -> None:
+    """One reconcile of one key and what its outcome means for the key's timer and backoff."""
+    try:
+        result = await reconcile(key, payload)
+    except Exception as error:
+        retry = backoff.when(key)
+        # Before on_error: what it decides (give up on the object: no timer) must come last.
+        timers.schedule(key, retry.delay)
+        if on_error is not None:
+            try:
+                await on_error(key, error, retry)
+            except Exception:
+                log.exception("could not handle a failed reconcile", extra={"key": key})
+        return
+    backoff.forget(key)
+    timers.schedule(key, result.requeue_after)
