@@ -1,0 +1,33 @@
+"""The operator's context: made once at startup and kept on Kopf's memo, which Kopf hands to
+every handler. No module holds a singleton: a test or a second operator in one process makes
+its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import kopf
+
+from nofx.kube import Kube
+from nofx.mirror.writer import MirrorWriter
+
+if TYPE_CHECKING:  # the Run reconciler's module registers handlers that import this one
+    from nofx.reconcilers.run_reconciler import RunReconciler
+
+MEMO_KEY = "nofx"
+
+
+@dataclass
+class OperatorContext:
+    kube: Kube
+    runs: RunReconciler
+    mirror: MirrorWriter | None  # None: no Postgres mirror configured
+    indexes: dict[str, Any]  # Kopf's in-memory indexes, by name
+
+    def keep_on(self, memo: kopf.Memo) -> None:
+        memo[MEMO_KEY] = self
+
+
+def of(memo: kopf.Memo) -> OperatorContext:
+    return cast(OperatorContext, memo[MEMO_KEY])
