@@ -36,7 +36,8 @@ def test_the_operator_never_imports_the_harness() -> None:
 def test_the_harness_is_a_sibling_of_the_operator_package() -> None:
     assert (HARNESS / "__init__.py").is_file()
     assert not list(RUNTIME.rglob("nofx_dev"))
-    assert not (RUNTIME / "localcluster").exists()
+    # Its old place: a checkout that ran the tests before the move may keep a __pycache__ there.
+    assert not list((RUNTIME / "localcluster").glob("*.py"))
 
 
 def test_the_image_copies_only_the_operator_package() -> None:
