@@ -6,7 +6,8 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY operator ./operator
+# Only the operator: the development harness (operator/nofx_dev) stays out of the wheel.
+COPY operator/nofx ./operator/nofx
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}

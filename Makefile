@@ -29,10 +29,10 @@ tools:
 	@bash tools/build.sh >/dev/null
 
 dev-up: venv
-	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx.localcluster up
+	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx_dev up
 
 dev-down: venv
-	@$(PY) -m nofx.localcluster down
+	@$(PY) -m nofx_dev down
 
 test: venv
 	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m pytest
@@ -48,7 +48,7 @@ chaos: venv
 	NOFX_TOOLS_BIN=$(TOOLS_BIN) NOFX_CHAOS_RUNS=300 NOFX_CHAOS_KILLS=40 $(PY) -m pytest tests/e2e/test_crash.py
 
 demo: venv
-	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx.localcluster.demo
+	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx_dev.demo
 
 # Not part of `make test`: timings are figures, never pass/fail. Writes bench/results.json,
 # bench/summary.md and bench/latency.png.

@@ -30,11 +30,11 @@ from typing import Any
 from kubernetes import client, config, watch
 from prometheus_client.parser import text_string_to_metric_families
 
-from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.postgres import PostgresServer
-from nofx.localcluster.processes import ManagedProcess, free_port, wait_until
-from nofx.localcluster.tools import REPO_ROOT, tool_path
 from nofx.mirror.store import Store
+from nofx_dev.controlplane import ControlPlane
+from nofx_dev.postgres import PostgresServer
+from nofx_dev.processes import ManagedProcess, free_port, wait_until
+from nofx_dev.tools import REPO_ROOT, tool_path
 
 HERE = Path(__file__).resolve().parent
 STEP_SECONDS = "1s"  # every step Pod "runs" this long on kwok

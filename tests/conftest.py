@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.postgres import PostgresServer
-from nofx.localcluster.tools import tool_path
+from nofx_dev.controlplane import ControlPlane
+from nofx_dev.postgres import PostgresServer
+from nofx_dev.tools import tool_path
 
 
 class Kubectl:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.processes import free_port, wait_until
+from nofx_dev.controlplane import ControlPlane
+from nofx_dev.processes import free_port, wait_until
 
 from ..conftest import Kubectl
 

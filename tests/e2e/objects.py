@@ -1,5 +1,5 @@
 """Builders for the Agents, Templates and Runs the end-to-end tests apply. Step outcomes are
-set through kwok annotations on the Agent's Pods (see nofx/localcluster/kwok-stages.yaml)."""
+set through kwok annotations on the Agent's Pods (see nofx_dev/kwok-stages.yaml)."""
 
 from __future__ import annotations
 

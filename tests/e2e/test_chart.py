@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.tools import tool_path
+from nofx_dev.controlplane import ControlPlane
+from nofx_dev.tools import tool_path
 
 from ..conftest import Kubectl
 from . import test_runs

@@ -22,8 +22,8 @@ import psycopg
 import pytest
 from kubernetes import client, config, watch
 
-from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.postgres import PostgresServer
+from nofx_dev.controlplane import ControlPlane
+from nofx_dev.postgres import PostgresServer
 
 from ..conftest import Kubectl, new_postgres
 from .conftest import OperatorProcess

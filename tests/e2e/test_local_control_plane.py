@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from kubernetes import client
 
-from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.processes import pid_alive
+from nofx_dev.controlplane import ControlPlane
+from nofx_dev.processes import pid_alive
 
 from ..conftest import Kubectl, new_postgres
 
@@ -143,7 +143,7 @@ def test_two_postgres_servers_at_once_with_logical_wal() -> None:
 def test_dev_up_then_down_leaves_no_process() -> None:
     # Under /tmp: the Postgres server user must reach its directory.
     state_dir = Path(tempfile.mkdtemp(prefix="nofx-dev-test-"))
-    command = [sys.executable, "-m", "nofx.localcluster"]
+    command = [sys.executable, "-m", "nofx_dev"]
     up = subprocess.run(
         [*command, "up", "--state-dir", str(state_dir)],
         capture_output=True,

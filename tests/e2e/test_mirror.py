@@ -17,10 +17,10 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.postgres import PostgresServer
-from nofx.localcluster.processes import wait_until
 from nofx.mirror.store import Store
+from nofx_dev.controlplane import ControlPlane
+from nofx_dev.postgres import PostgresServer
+from nofx_dev.processes import wait_until
 
 from ..conftest import Kubectl, new_postgres
 from .conftest import OperatorProcess, wait_for_phase

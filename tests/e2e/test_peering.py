@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from nofx.localcluster.controlplane import ControlPlane
+from nofx_dev.controlplane import ControlPlane
 
 from ..conftest import Kubectl
 from .conftest import OperatorProcess, wait_for_phase

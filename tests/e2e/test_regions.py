@@ -10,9 +10,9 @@ from contextlib import ExitStack
 
 import pytest
 
-from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.postgres import PostgresServer
 from nofx.mirror.store import Store
+from nofx_dev.controlplane import ControlPlane
+from nofx_dev.postgres import PostgresServer
 
 from ..conftest import Kubectl, new_postgres
 from .conftest import REPO, OperatorProcess, wait_for_phase

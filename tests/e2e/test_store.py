@@ -19,10 +19,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from nofx.localcluster.postgres import PostgresServer
 from nofx.mirror import chain
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.store import ChainGapError, Rejected, Store
+from nofx_dev.postgres import PostgresServer
 
 from ..conftest import new_postgres
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from nofx.localcluster import pki
-from nofx.localcluster.processes import ManagedProcess, free_port, wait_until
-from nofx.localcluster.tools import tool_path
+from nofx_dev import pki
+from nofx_dev.processes import ManagedProcess, free_port, wait_until
+from nofx_dev.tools import tool_path
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +256,7 @@ class ControlPlane:
 
     def _kwok_argv(self) -> list[str]:
         stages = self.state_dir / "kwok-stages.yaml"
-        stages.write_text(
-            resources.files("nofx.localcluster").joinpath("kwok-stages.yaml").read_text()
-        )
+        stages.write_text(resources.files("nofx_dev").joinpath("kwok-stages.yaml").read_text())
         return [
             str(tool_path("kwok")),
             f"--kubeconfig={self.kubeconfig}",

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.processes import ManagedProcess, free_port, wait_until
-from nofx.localcluster.tools import REPO_ROOT, tool_path
+from nofx_dev.controlplane import ControlPlane
+from nofx_dev.processes import ManagedProcess, free_port, wait_until
+from nofx_dev.tools import REPO_ROOT, tool_path
 
 DEMO_RUN = "dag-dark-mode"
 # What each sample Agent "reports" when its step finishes: the termination message kwok writes.

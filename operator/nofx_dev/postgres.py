@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from nofx.localcluster.processes import ManagedProcess, free_port, wait_until
+from nofx_dev.processes import ManagedProcess, free_port, wait_until
 
 SUPERUSER = "nofx"
 DATABASE = "nofx"

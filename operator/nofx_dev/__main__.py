@@ -1,4 +1,4 @@
-"""`python -m nofx.localcluster up|down|env`: the local control plane and Postgres for development.
+"""`python -m nofx_dev up|down|env`: the local control plane and Postgres for development.
 
 `up` starts a supervisor in the background and returns once everything is ready, printing the
 environment to use it; `down` stops the supervisor, which stops every server it started.
@@ -16,9 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from nofx.localcluster.controlplane import ControlPlane
-from nofx.localcluster.postgres import PostgresServer
-from nofx.localcluster.processes import pid_alive, wait_until
+from nofx_dev.controlplane import ControlPlane
+from nofx_dev.postgres import PostgresServer
+from nofx_dev.processes import pid_alive, wait_until
 
 DEFAULT_STATE_DIR = Path(os.environ.get("NOFX_DEV_DIR", "/tmp/nofx-dev"))
 
@@ -76,7 +76,7 @@ def up(state_dir: Path, timeout: float) -> int:
         log_path = state_dir / "supervisor.log"
         with open(log_path, "wb") as log:
             supervisor = subprocess.Popen(
-                [sys.executable, "-m", "nofx.localcluster", "serve", "--state-dir", str(state_dir)],
+                [sys.executable, "-m", "nofx_dev", "serve", "--state-dir", str(state_dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -107,7 +107,7 @@ def down(state_dir: Path, timeout: float) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m nofx.localcluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m nofx_dev", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "env", "serve"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument(
