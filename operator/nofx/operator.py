@@ -18,7 +18,8 @@ from nofx import kube, metrics
 from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
 from nofx.planner.facts import Limits
-from nofx.reconcilers import agents, runs, templates  # noqa: F401 - importing registers handlers
+from nofx.reconcilers import agents, context, runs, templates  # noqa: F401 - registers handlers
+from nofx.reconcilers.run_reconciler import RunReconciler
 
 log = logging.getLogger("nofx.operator")
 
@@ -68,7 +69,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     # Kopf waits this long for more events of one object before handling the last one; the
     # default (0.1 s) would sit on the apply→Job latency of every step.
     settings.batching.batch_window = 0.01
@@ -89,21 +90,21 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=OPTIONS.workers, thread_name_prefix="reconcile")
     )
-    reconciler = runs.RunReconciler(
-        kube.Kube(kube.load_config(OPTIONS.kubeconfig)),
-        Limits(
-            OPTIONS.max_child_run_depth,
-            OPTIONS.max_child_runs,
-            timedelta(seconds=OPTIONS.pod_create_timeout),
-        ),
+    client = kube.Kube(kube.load_config(OPTIONS.kubeconfig))
+    limits = Limits(
+        OPTIONS.max_child_run_depth,
+        OPTIONS.max_child_runs,
+        timedelta(seconds=OPTIONS.pod_create_timeout),
     )
-    reconciler.indexes = {name: kwargs[name] for name in INDEXES}
+    mirror = None
     if OPTIONS.database_url:
         # Opening the pool does not wait for Postgres: the operator runs while it is down.
-        store = Store(OPTIONS.database_url, OPTIONS.region)
-        reconciler.mirror = MirrorWriter(store, reconciler.kube)
-        reconciler.mirror.start()
-    runs.RECONCILER = reconciler
+        mirror = MirrorWriter(Store(OPTIONS.database_url, OPTIONS.region), client)
+        mirror.start()
+    indexes = {name: kwargs[name] for name in INDEXES}
+    reconciler = RunReconciler(client, limits, mirror, indexes)
+    reconciler.start(workers=OPTIONS.workers)
+    context.OperatorContext(client, reconciler, mirror, indexes).keep_on(memo)
     start_http_server(OPTIONS.metrics_port)
     log.info(
         "operator started",
@@ -116,10 +117,11 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
 
 
 @kopf.on.cleanup()
-def cleanup(**_: Any) -> None:
-    reconciler = runs.RECONCILER
-    if reconciler is not None and reconciler.mirror is not None:
-        reconciler.mirror.stop()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    ctx = context.of(memo)
+    await ctx.runs.stop()
+    if ctx.mirror is not None:
+        ctx.mirror.stop()
 
 
 @kopf.on.login()

@@ -15,7 +15,9 @@ from nofx.builders.labels import AGENT_LABEL
 from nofx.builders.ownership import owning_run
 from nofx.kube import Kube
 from nofx.planner.naming import job_name
-from nofx.reconcilers.runs import RunKey, RunReconciler
+from nofx.reconcilers import observe
+from nofx.reconcilers.run_reconciler import RunKey, RunReconciler
+from nofx.workqueue import Result
 from tests.unit.builders import agent
 from tests.unit.fake_kube import FakeKube
 
@@ -69,19 +71,23 @@ class Harness:
             "templates_by_namespace": {},
         }
 
-    def reconcile(self, body: dict[str, Any] | None = None) -> None:
-        """One pass, as trigger() runs it, after the indexes caught up."""
+    def reconcile(self, body: dict[str, Any] | None = None) -> Result:
+        """One pass, as a worker runs it, after the indexes caught up."""
         self.sync()
-        self.reconciler._reconcile(KEY, body, self.reconciler._observe(KEY))
+        return self.reconciler._reconcile(KEY, body, self._observed())
 
     def attempt(self, reconcile_error: Exception | None = None) -> None:
-        """One pass with trigger()'s error handling, synchronously."""
+        """One pass with a worker's error handling (nofx.workqueue.handle), synchronously."""
         self.sync()
         try:
-            self.reconciler._reconcile(KEY, None, self.reconciler._observe(KEY))
-            self.reconciler.errors.forget(KEY)
+            self.reconciler._reconcile(KEY, None, self._observed())
+            self.reconciler.backoff.forget(KEY)
         except Exception as error:
-            self.reconciler._failed(KEY, reconcile_error or error)
+            retry = self.reconciler.backoff.when(KEY)
+            self.reconciler._report_failure(KEY, reconcile_error or error, retry)
+
+    def _observed(self) -> observe.Observed:
+        return observe.observe(self.reconciler.indexes, KEY, self.reconciler.waiters.version)
 
     @property
     def body(self) -> dict[str, Any]:

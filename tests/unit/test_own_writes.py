@@ -6,7 +6,7 @@ import pytest
 
 from nofx.kube import OwnWrites
 from nofx.mirror.writer import MirrorWriter
-from nofx.reconcilers.runs import AUDIT_FINALIZER
+from nofx.reconcilers.apply import AUDIT_FINALIZER
 from tests.unit.run_harness import KEY, Harness, step
 
 

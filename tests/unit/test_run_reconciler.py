@@ -15,7 +15,7 @@ from urllib3.exceptions import MaxRetryError, ProtocolError
 from nofx.api.reasons import Reason
 from nofx.kube import Conflict, Rejected
 from nofx.reconcilers.errors import is_transient
-from nofx.reconcilers.runs import MAX_CONFLICT_RETRIES
+from nofx.reconcilers.run_reconciler import MAX_CONFLICT_RETRIES
 from tests.unit.builders import condition
 from tests.unit.run_harness import NAMESPACE, RETRY, Harness, step
 
@@ -93,7 +93,7 @@ def test_an_outage_is_shown_after_six_tries_and_never_fails_the_run(error: Excep
 def test_failures_are_counted_per_run() -> None:
     h = running_code_step()
     for _ in range(5):
-        h.reconciler.errors.failed((NAMESPACE, "other"))
+        h.reconciler.backoff.when((NAMESPACE, "other"))
     h.kube.fail_next("job_pod", 3, RuntimeError("boom"))
     h.attempt()
     h.attempt()

@@ -1,5 +1,6 @@
-"""When RunReconciler reconciles: triggers coalesce per Run, timers follow the latest decision,
-waiters miss no wake-up, and a failed reconcile is retried after a backoff."""
+"""When RunReconciler reconciles: triggers coalesce per Run through its work queue, the timer
+follows the latest decision, waiters miss no wake-up, and a failed pass is retried after a
+backoff. (The queue's own rules are tested in test_workqueue.py.)"""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import asyncio
 import http.client
 import threading
 from collections import defaultdict
-from collections.abc import Coroutine
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,8 +17,10 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError, ProtocolError
 
 from nofx.kube import Conflict
-from nofx.reconcilers.errors import ErrorBudget, is_transient
-from nofx.reconcilers.runs import RunKey, Waiters
+from nofx.reconcilers.errors import failures_before_showing, is_transient
+from nofx.reconcilers.run_reconciler import RunKey, RunReconciler
+from nofx.reconcilers.waiters import Waiters
+from nofx.workqueue import Result
 from tests.unit.run_harness import KEY, NAMESPACE, RETRY, Harness, step
 
 pytestmark = pytest.mark.usefixtures("events")
@@ -37,7 +40,7 @@ class Reconciles:
         self.most = 0
         self._lock = threading.Lock()
 
-    def __call__(self, key: RunKey, body: Any, observed: Any) -> None:
+    def __call__(self, key: RunKey, body: Any, observed: Any) -> Result:
         with self._lock:
             self.calls.append((key, body))
             self.running[key] += 1
@@ -51,13 +54,23 @@ class Reconciles:
         finally:
             with self._lock:
                 self.running[key] -= 1
+        return Result()
 
     async def wait_started(self, key: RunKey) -> None:
         assert await asyncio.to_thread(self.started[key].wait, 2), f"{key} never reconciled"
 
 
-def run(scenario: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(scenario, timeout=5))
+def run(r: RunReconciler, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """The scenario with the reconciler's workers running, until its queue is idle."""
+
+    async def main() -> None:
+        r.start(workers=4)
+        await scenario()
+        while len(r.queue) or any(r.queue.is_processing(k) for k in (KEY, OTHER)):
+            await asyncio.sleep(0.005)
+        await r.stop()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=5))
 
 
 def harness(reconciles: Reconciles) -> Harness:
@@ -74,15 +87,14 @@ def test_triggers_during_a_reconcile_collapse_into_one_more_with_the_freshest_bo
     r = harness(reconciles).reconciler
 
     async def scenario() -> None:
-        first = asyncio.create_task(r.trigger(KEY, {"v": 1}))
+        r.trigger(KEY, {"v": 1})
         await reconciles.wait_started(KEY)
-        await r.trigger(KEY, {"v": 2})  # returns at once: the Run is busy
-        await r.trigger(KEY, {"v": 3})
-        await r.trigger(KEY)  # no body: keeps the freshest one known
+        r.trigger(KEY, {"v": 2})  # the Run is busy: it waits, once
+        r.trigger(KEY, {"v": 3})
+        r.trigger(KEY)  # no body: keeps the freshest one known
         reconciles.gate.set()
-        await first
 
-    run(scenario())
+    run(r, scenario)
     assert reconciles.calls == [(KEY, {"v": 1}), (KEY, {"v": 3})]
 
 
@@ -91,27 +103,25 @@ def test_a_trigger_without_a_body_during_a_reconcile_reads_the_run_again() -> No
     r = harness(reconciles).reconciler
 
     async def scenario() -> None:
-        first = asyncio.create_task(r.trigger(KEY, {"v": 1}))
+        r.trigger(KEY, {"v": 1})
         await reconciles.wait_started(KEY)
-        await r.trigger(KEY)
+        r.trigger(KEY)
         reconciles.gate.set()
-        await first
 
-    run(scenario())
+    run(r, scenario)
     assert reconciles.calls == [(KEY, {"v": 1}), (KEY, None)]
 
 
 def test_different_runs_reconcile_at_the_same_time() -> None:
     reconciles = Reconciles(barrier=threading.Barrier(2, timeout=2))  # both inside, or it breaks
     r = harness(reconciles).reconciler
-    failures: list[Exception] = []
-    r._failed = lambda key, error: failures.append(error)  # type: ignore[method-assign]
 
     async def scenario() -> None:
-        await asyncio.gather(r.trigger(KEY), r.trigger(OTHER))
+        r.trigger(KEY)
+        r.trigger(OTHER)
 
-    run(scenario())
-    assert failures == []
+    run(r, scenario)
+    assert not reconciles.barrier or not reconciles.barrier.broken
     assert sorted(key for key, _ in reconciles.calls) == sorted([KEY, OTHER])
 
 
@@ -120,79 +130,56 @@ def test_a_run_is_never_reconciled_twice_at_once() -> None:
     r = harness(reconciles).reconciler
 
     async def scenario() -> None:
-        first = asyncio.create_task(r.trigger(KEY, {"v": 1}))
+        r.trigger(KEY, {"v": 1})
         await reconciles.wait_started(KEY)
         r.trigger_soon([KEY] * 5)  # a freed slot, timers, Job events...
-        await asyncio.gather(*r._tasks, r.trigger(KEY))
+        r.trigger(KEY)
+        await asyncio.sleep(0.02)
         reconciles.gate.set()
-        await first
 
-    run(scenario())
+    run(r, scenario)
     assert reconciles.most == 1
     assert reconciles.calls == [(KEY, {"v": 1}), (KEY, None)]
 
 
-def test_a_failed_reconcile_is_retried_after_its_backoff_and_a_success_forgets_it() -> None:
+def test_a_failed_pass_is_retried_after_its_backoff_and_a_success_forgets_it() -> None:
     h = Harness(step("code"))
     r = h.reconciler
     h.kube.fail_next("get", 1, RuntimeError("boom"))
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        await r.trigger(KEY)
-        await asyncio.sleep(0.01)
-        assert 0.5 < r._timers[KEY].when() - loop.time() <= 0.55
-        assert r.errors.failed(OTHER) == (1, 0.5)  # counted per Run
-        await r.trigger(KEY)
-        assert r.errors.failed(KEY) == (1, 0.5)
+        r.trigger(KEY)
+        while r.timers.due_at(KEY) is None:
+            await asyncio.sleep(0.005)
+        due = r.timers.due_at(KEY)
+        assert due is not None and r.backoff.failures(KEY) == 1
+        assert r.backoff.failures(OTHER) == 0  # counted per Run
+        r.trigger(KEY)  # before the timer: it works now, and forgets the failure
+        while r.backoff.failures(KEY):
+            await asyncio.sleep(0.005)
 
-    run(scenario())
+    run(r, scenario)
     assert h.status.phase == "Running"
 
 
 # --- timers ---------------------------------------------------------------------------------
 
 
-def test_the_latest_wake_replaces_the_timer_and_none_cancels_it() -> None:
-    r = Harness(step("code")).reconciler
-
-    async def scenario() -> None:
-        loop = r._loop = asyncio.get_running_loop()
-        now = datetime.now(UTC)
-        r._wake_at(KEY, now + timedelta(seconds=60))
-        await asyncio.sleep(0.01)
-        later = r._timers[KEY]
-        r._wake_at(KEY, now + timedelta(seconds=30))  # even an earlier wake replaces it
-        await asyncio.sleep(0.01)
-        sooner = r._timers[KEY]
-        assert later.cancelled() and not sooner.cancelled()
-        assert 29 < sooner.when() - loop.time() < 30.1
-        r._wake_at(KEY, None)
-        await asyncio.sleep(0.01)
-        assert KEY not in r._timers and sooner.cancelled()
-
-    run(scenario())
-
-
-def test_a_retry_arms_a_timer_and_a_decision_without_a_wake_disarms_it() -> None:
+def test_the_decision_sets_the_timer_and_one_without_a_wake_cancels_it() -> None:
     h = Harness(step("code", retries=RETRY))
     r = h.reconciler
 
     async def scenario() -> None:
-        loop = r._loop = asyncio.get_running_loop()
         h.reconcile()
         h.finish_job(h.job_name("code", 1), exit_code=1)
-        h.reconcile()
-        await asyncio.sleep(0.01)
+        result = h.reconcile()
         assert h.step("code").phase == "Waiting"
-        assert 0.5 < r._timers[KEY].when() - loop.time() <= 1.05  # retry after 1s
+        assert result.requeue_after == h.step("code").next_attempt_at  # the retry, in 1 s
         h.kube.patch_spec("runs", NAMESPACE, "demo", {"cancel": True})
-        h.reconcile()
-        await asyncio.sleep(0.01)
+        assert h.reconcile().requeue_after is None
         assert h.status.phase == "Cancelled"
-        assert KEY not in r._timers
 
-    run(scenario())
+    run(r, scenario)
 
 
 def test_a_timer_fires_a_reconcile_of_its_run() -> None:
@@ -200,41 +187,31 @@ def test_a_timer_fires_a_reconcile_of_its_run() -> None:
     r = harness(reconciles).reconciler
 
     async def scenario() -> None:
-        r._loop = asyncio.get_running_loop()
-        r._wake_at(KEY, datetime.now(UTC))
+        r.timers.schedule(KEY, timedelta(0))
         await reconciles.wait_started(KEY)
-        await asyncio.gather(*r._tasks)
 
-    run(scenario())
+    run(r, scenario)
     assert reconciles.calls == [(KEY, None)]
-    assert KEY not in r._timers
+    assert r.timers.due_at(KEY) is None
 
 
 def test_forget_drops_the_timer_the_waits_and_the_failures_of_a_deleted_run() -> None:
     r = Harness(step("code")).reconciler
 
     async def scenario() -> None:
-        r._loop = asyncio.get_running_loop()
-        r._wake_at(KEY, datetime.now(UTC) + timedelta(seconds=60))
-        await asyncio.sleep(0.01)
-        timer = r._timers[KEY]
+        r.timers.schedule(KEY, timedelta(seconds=60))
         r.waiters.add(NAMESPACE, "Agent", "coder", KEY, r.waiters.version)
-        r.errors.failed(KEY)
+        r.backoff.when(KEY)
         r.forget(KEY)
-        assert timer.cancelled() and KEY not in r._timers
+        assert r.timers.due_at(KEY) is None
         assert r.waiters.pop(NAMESPACE, "Agent", "coder") == set()
-        assert r.errors.failed(KEY) == (1, 0.5)
+        assert r.backoff.failures(KEY) == 0
 
-    run(scenario())
+    run(r, scenario)
 
 
-def test_backoff_doubles_from_half_a_second_up_to_thirty() -> None:
-    budget = ErrorBudget()
-    steps = [budget.failed(KEY) for _ in range(9)]
-    assert steps == list(enumerate([0.5, 1, 2, 4, 8, 16, 30, 30, 30], start=1))
-    budget.forget(KEY)
-    assert budget.failed(KEY) == (1, 0.5)
-    assert (budget.show_after(transient=False), budget.show_after(transient=True)) == (3, 6)
+def test_faults_show_after_three_failures_outages_after_six() -> None:
+    assert (failures_before_showing(False), failures_before_showing(True)) == (3, 6)
 
 
 @pytest.mark.parametrize(
@@ -309,19 +286,19 @@ def test_forget_drops_a_run_from_every_wait() -> None:
 def test_a_run_that_missed_its_wake_up_looks_again(released_meanwhile: bool) -> None:
     h = Harness(step("code"), agents={})  # Agent coder does not exist yet
     r = h.reconciler
-    spawned: list[RunKey] = []
-    r._spawn = spawned.append  # type: ignore[method-assign]
+    added: list[RunKey] = []
 
     async def scenario() -> None:
         r._loop = asyncio.get_running_loop()
+        r.queue.add = lambda key, payload=None: added.append(key)  # type: ignore[method-assign]
         h.sync()
-        observed = r._observe(KEY)
+        observed = h._observed()
         if released_meanwhile:  # the Agent appeared after the snapshot, before the wait
             assert r.waiters.pop_kind(NAMESPACE, "Agent") == set()
         r._reconcile(KEY, None, observed)
         await asyncio.sleep(0.01)
 
-    run(scenario())
+    asyncio.run(scenario())
     assert h.status.phase == "Pending"
-    assert spawned == ([KEY] if released_meanwhile else [])
+    assert added == ([KEY] if released_meanwhile else [])
     assert r.waiters.pop(NAMESPACE, "Agent", "coder") == {KEY}

@@ -15,7 +15,6 @@ import pytest
 
 from nofx.workqueue import (
     Backoff,
-    FakeClock,
     LoopClock,
     Result,
     Retry,
@@ -25,6 +24,7 @@ from nofx.workqueue import (
     handle,
     worker,
 )
+from tests.unit.fake_clock import FakeClock
 
 Key = tuple[str, str]
 A: Key = ("ns", "a")

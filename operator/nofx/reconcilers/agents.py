@@ -13,8 +13,7 @@ from nofx.api.agent import AgentSpec
 from nofx.api.common import GROUP, VERSION
 from nofx.mirror.registry import offer_registry_event
 from nofx.planner import validation
-from nofx.reconcilers import status_patch
-from nofx.reconcilers.runs import reconciler
+from nofx.reconcilers import context, status_patch
 from nofx.reconcilers.templates import refresh_templates
 
 
@@ -28,20 +27,20 @@ def agents_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any) ->
 
 @kopf.on.event(GROUP, VERSION, "agents")
 async def agent_event(
-    event: kopf.RawEvent, body: kopf.Body, namespace: Any, name: Any, **_: Any
+    event: kopf.RawEvent, body: kopf.Body, namespace: Any, name: Any, memo: kopf.Memo, **_: Any
 ) -> None:
-    operator = reconciler()
+    ctx = context.of(memo)
     raw_spec = dict(body.get("spec") or {})
     offer_registry_event(
-        operator.mirror, "Agent", event["type"], dict(body), validation.spec_hash(raw_spec)
+        ctx.mirror, "Agent", event["type"], dict(body), validation.spec_hash(raw_spec)
     )
     if event["type"] != "DELETED":
-        await asyncio.to_thread(_update_status, operator.kube, dict(body))
+        await asyncio.to_thread(_update_status, ctx.kube, dict(body))
     # A new or changed Agent may be what a Run or a Template was missing.
-    operator.trigger_soon(operator.waiters.pop_kind(namespace, "Agent"))
-    agents = dict(operator.indexes["agents_by_namespace"].get(namespace, []))
-    templates = [name for name, _ in operator.indexes["templates_by_namespace"].get(namespace, [])]
-    await asyncio.to_thread(refresh_templates, operator.kube, namespace, templates, agents)
+    ctx.runs.trigger_soon(ctx.runs.waiters.pop_kind(namespace, "Agent"))
+    agents = dict(ctx.indexes["agents_by_namespace"].get(namespace, []))
+    templates = [name for name, _ in ctx.indexes["templates_by_namespace"].get(namespace, [])]
+    await asyncio.to_thread(refresh_templates, ctx.kube, namespace, templates, agents)
 
 
 def _update_status(kube: Any, body: dict[str, Any]) -> None:

@@ -16,8 +16,7 @@ from nofx.kube import Kube
 from nofx.mirror.registry import offer_registry_event
 from nofx.planner import validation
 from nofx.planner.pinning import agent_for
-from nofx.reconcilers import status_patch
-from nofx.reconcilers.runs import reconciler
+from nofx.reconcilers import context, status_patch
 
 
 @kopf.index(GROUP, VERSION, "templates")
@@ -30,17 +29,17 @@ def templates_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any)
 
 @kopf.on.event(GROUP, VERSION, "templates")
 async def template_event(
-    event: kopf.RawEvent, body: kopf.Body, namespace: Any, name: Any, **_: Any
+    event: kopf.RawEvent, body: kopf.Body, namespace: Any, name: Any, memo: kopf.Memo, **_: Any
 ) -> None:
-    operator = reconciler()
+    ctx = context.of(memo)
     raw_spec = dict(body.get("spec") or {})
     offer_registry_event(
-        operator.mirror, "Template", event["type"], dict(body), validation.spec_hash(raw_spec)
+        ctx.mirror, "Template", event["type"], dict(body), validation.spec_hash(raw_spec)
     )
     if event["type"] != "DELETED":
-        agents = dict(operator.indexes["agents_by_namespace"].get(namespace, []))
-        await asyncio.to_thread(update_status, operator.kube, dict(body), agents)
-    operator.trigger_soon(operator.waiters.pop(namespace, "Template", name))
+        agents = dict(ctx.indexes["agents_by_namespace"].get(namespace, []))
+        await asyncio.to_thread(update_status, ctx.kube, dict(body), agents)
+    ctx.runs.trigger_soon(ctx.runs.waiters.pop(namespace, "Template", name))
 
 
 def update_status(kube: Kube, body: dict[str, Any], agents: dict[str, Any]) -> None:

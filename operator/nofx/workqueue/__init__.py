@@ -17,7 +17,7 @@ How the Run reconciler uses it, all of it on the event loop's thread:
 """
 
 from nofx.workqueue.backoff import Backoff, Retry
-from nofx.workqueue.clock import Clock, FakeClock, LoopClock
+from nofx.workqueue.clock import Clock, LoopClock
 from nofx.workqueue.delays import Timers, When
 from nofx.workqueue.queue import ShutDown, WorkQueue
 from nofx.workqueue.workers import Result, handle, worker
@@ -25,7 +25,6 @@ from nofx.workqueue.workers import Result, handle, worker
 __all__ = [
     "Backoff",
     "Clock",
-    "FakeClock",
     "LoopClock",
     "Result",
     "Retry",

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -45,47 +42,3 @@ class LoopClock:
         loop = self._loop or asyncio.get_running_loop()
         delay = max(0.0, (when - self.now()).total_seconds()) + self._late_by
         return loop.call_later(delay, callback)
-
-
-@dataclass(order=True)
-class _FakeTimer:
-    when: datetime
-    order: int  # ties fire in the order they were set
-    callback: Callable[[], None] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeClock:
-    """A clock for tests: time stands still until advance(), which fires the timers that fell
-    due, earliest first (including any they set that are due within the same advance)."""
-
-    def __init__(self, start: datetime = datetime(2030, 1, 1, tzinfo=UTC)) -> None:
-        self._now = start
-        self._timers: list[_FakeTimer] = []
-        self._order = itertools.count()
-
-    def now(self) -> datetime:
-        return self._now
-
-    def call_at(self, when: datetime, callback: Callable[[], None]) -> Cancellable:
-        timer = _FakeTimer(when, next(self._order), callback)
-        heapq.heappush(self._timers, timer)
-        return timer
-
-    def advance(self, by: timedelta | float = 0.0) -> None:
-        seconds = by.total_seconds() if isinstance(by, timedelta) else by
-        until = self._now + timedelta(seconds=seconds)
-        while self._timers and self._timers[0].when <= until:
-            timer = heapq.heappop(self._timers)
-            if timer.cancelled:
-                continue
-            self._now = max(self._now, timer.when)
-            timer.callback()
-        self._now = until
-
-    def pending(self) -> list[datetime]:
-        """When the timers still armed will fire, earliest first."""
-        return sorted(timer.when for timer in self._timers if not timer.cancelled)

@@ -1,0 +1,174 @@
+"""What the Run reconciler knows of a Run before it decides: a copy of Kopf's indexes for it,
+completed by reads the indexes cannot answer (the Pod of a finished Job, why a Job has no Pod,
+a child Run or Job missing from the index), and the Run itself as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from nofx.api.agent import AgentSpec
+from nofx.api.run import TERMINAL_STEP_PHASES, AuditOutbox, RunSpec, RunStatus
+from nofx.api.template import TemplateSpec
+from nofx.builders.job_status import observe_job, with_pod
+from nofx.builders.labels import DEPTH_LABEL, ROOT_LABEL, label_value
+from nofx.builders.ownership import owning_run
+from nofx.kube import Kube
+from nofx.planner.attempts import POD_START_CHECK
+from nofx.planner.facts import ChildRunObservation, JobObservation, RunView
+from nofx.planner.naming import job_name
+
+RunKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class Observed:
+    """What the indexes held for one Run when its reconcile was triggered."""
+
+    jobs: dict[str, JobObservation]
+    child_runs: dict[str, ChildRunObservation]
+    agents: dict[str, AgentSpec]
+    templates: dict[str, TemplateSpec | None]  # None: exists, but its spec is invalid
+    active_jobs: dict[str, set[str]]  # agent name → names of its unfinished Jobs
+    waiters_version: int
+
+
+def observe(indexes: dict[str, Any], key: RunKey, waiters_version: int) -> Observed:
+    """A consistent copy of the indexes for one Run, taken on the event loop's thread."""
+    namespace = key[0]
+    jobs = {job.name: job for job in indexes["jobs_by_run"].get(key, [])}
+    children = {c.name: c for c in indexes["child_runs_by_parent"].get(key, [])}
+    agents = {n: spec for n, spec in indexes["agents_by_namespace"].get(namespace, [])}
+    templates = dict(indexes["templates_by_namespace"].get(namespace, []))
+    active = {
+        agent: set(indexes["active_jobs_by_agent"].get((namespace, label_value(agent)), []))
+        for agent, spec in agents.items()
+        if spec.max_concurrent_steps is not None
+    }
+    return Observed(jobs, children, agents, templates, active, waiters_version)
+
+
+def complete_jobs(
+    kube: Kube, run: RunView, indexed: dict[str, JobObservation], now: datetime
+) -> dict[str, JobObservation]:
+    """Adds what the index cannot know: the Pod of every finished Job a step may read now
+    (outputs and exit codes live only there), why a Job has no Pod, and whether a Job
+    missing from the index is only late there, or gone.
+
+    A step's next Job may exist and even have finished while its status still says
+    otherwise (the operator died between creating it and recording that): so every
+    unfinished step's current and next attempt is looked at, whatever its phase says, and
+    every Job of a step the status does not list yet."""
+    namespace = run.namespace
+    jobs = dict(indexed)
+    listed = {(entry.name, entry.index) for entry in run.status.steps or []}
+    wanted: dict[str, str | None] = {  # Job name → the step's current Job, if it is that
+        job.name: None for job in indexed.values() if (job.step, job.index) not in listed
+    }
+    for entry in run.status.steps or []:
+        if entry.phase in TERMINAL_STEP_PHASES or entry.child_run_name:
+            continue
+        attempts = entry.attempts or 0
+        wanted[job_name(run.name, run.uid, entry.name, entry.index, attempts + 1)] = None
+        if entry.phase == "Running" and entry.job_name:
+            wanted[entry.job_name] = entry.name
+    for name, step_of_current in wanted.items():
+        job = jobs.get(name)
+        if job is None and step_of_current is not None:
+            stored = kube.get_job(namespace, name)
+            job = observe_job(stored) if stored else _missing(name, step_of_current)
+        if job is None:
+            continue
+        if job.state in ("Succeeded", "Failed"):
+            job = with_pod(job, kube.job_pod(namespace, name))
+        elif job.state == "Active" and _waits_for_pod(job, now):
+            job = replace(job, pod_create_error=kube.pod_create_error(namespace, name))
+        jobs[name] = job
+    return jobs
+
+
+def complete_children(
+    kube: Kube, namespace: str, status: RunStatus, indexed: dict[str, ChildRunObservation]
+) -> dict[str, ChildRunObservation]:
+    """Tells a child Run the index has not seen yet from one that was deleted."""
+    children = dict(indexed)
+    for entry in status.steps or []:
+        name = entry.child_run_name
+        if entry.phase != "Running" or not name or name in children:
+            continue
+        stored = kube.get("runs", namespace, name)
+        if stored is None:
+            children[name] = ChildRunObservation(name=name, phase="Missing")
+        else:
+            stored_status = stored.get("status") or {}
+            children[name] = ChildRunObservation(
+                name=name,
+                phase=stored_status.get("phase"),
+                outputs=stored_status.get("outputs"),
+                message=stored_status.get("message"),
+            )
+    return children
+
+
+def _waits_for_pod(job: JobObservation, now: datetime) -> bool:
+    """A Job without a Pod for longer than it normally takes to get one."""
+    return (
+        not job.pods_started
+        and job.created_at is not None
+        and now - job.created_at >= POD_START_CHECK
+    )
+
+
+def view(key: RunKey, body: dict[str, Any], spec: RunSpec, status: RunStatus) -> RunView:
+    metadata = body["metadata"]
+    labels = metadata.get("labels") or {}
+    child = owning_run(body) is not None
+    depth = labels.get(DEPTH_LABEL, "1") if child else "0"
+    return RunView(
+        name=key[1],
+        namespace=key[0],
+        uid=metadata["uid"],
+        generation=metadata.get("generation", 1),
+        spec=spec,
+        status=status,
+        depth=int(depth) if depth.isdigit() else 1,
+        root_uid=labels.get(ROOT_LABEL, metadata["uid"]) if child else metadata["uid"],
+    )
+
+
+def audit_outbox(body: dict[str, Any]) -> AuditOutbox | None:
+    """The audit outbox of a status that does not validate as a whole, if it still does."""
+    try:
+        return AuditOutbox.model_validate(((body.get("status") or {}).get("audit")) or None)
+    except ValidationError:
+        return None
+
+
+def pending_audit(body: dict[str, Any]) -> bool:
+    return bool(((body.get("status") or {}).get("audit") or {}).get("pending"))
+
+
+def _missing(job_name: str, step: str) -> JobObservation:
+    return JobObservation(name=job_name, step=step, index=None, attempt=0, state="Missing")
+
+
+def pinned_agents(status: RunStatus) -> dict[str, AgentSpec]:
+    assert status.pinned is not None
+    return {
+        name: AgentSpec.model_validate(agent.spec)
+        for name, agent in (status.pinned.agents or {}).items()
+    }
+
+
+def slot_limits(pinned: dict[str, AgentSpec], current: dict[str, AgentSpec]) -> dict[str, int]:
+    """maxConcurrentSteps of the Agents this Run may use. The limit is a property of the
+    cluster's Agent (it protects a shared resource), so the current spec wins over the pin."""
+    limits = {}
+    for name, spec in pinned.items():
+        agent = current.get(name, spec)
+        if agent.max_concurrent_steps is not None:
+            limits[name] = agent.max_concurrent_steps
+    return limits

@@ -1,0 +1,279 @@
+"""The Run reconciler: for one Run, gather what the planner needs (observe.py), decide, carry the
+decision out (apply.py), and ask for the next look the decision wants.
+
+Every trigger (a Run event, a finished Job, a timer, a freed agent slot, a Template or Agent
+that appeared) adds the Run's key to a work queue (nofx.workqueue): a Run is reconciled by at
+most one worker at a time, triggers that arrive meanwhile collapse into one more pass with the
+freshest body, failures come back after a capped backoff. The pass itself runs in a thread (the
+official client is synchronous). No handler lists Runs: the cost of one event does not grow with
+the number of Runs the cluster holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from nofx import metrics
+from nofx.api.reasons import Reason
+from nofx.api.run import TERMINAL_RUN_PHASES, RunSpec, RunStatus
+from nofx.builders.labels import label_value
+from nofx.kube import Conflict, Kube
+from nofx.mirror.writer import MirrorWriter
+from nofx.planner.conditions import reconcile_error
+from nofx.planner.decide import decide
+from nofx.planner.facts import Decision, Limits, RunView, World
+from nofx.planner.stopping import abort_run
+from nofx.reconcilers import apply, observe
+from nofx.reconcilers.apply import AUDIT_FINALIZER
+from nofx.reconcilers.errors import failures_before_showing, is_transient
+from nofx.reconcilers.observe import Observed
+from nofx.reconcilers.waiters import Waiters
+from nofx.slots import AgentSlots
+from nofx.workqueue import Backoff, LoopClock, Result, Retry, Timers, WorkQueue, worker
+
+log = logging.getLogger("nofx.runs")
+
+RunKey = tuple[str, str]  # (namespace, name)
+MAX_CONFLICT_RETRIES = 5
+
+
+class RunReconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        limits: Limits | None = None,
+        mirror: MirrorWriter | None = None,
+        indexes: dict[str, Any] | None = None,
+    ) -> None:
+        self.kube = kube
+        self.limits = limits or Limits()
+        self.mirror = mirror  # None: no Postgres mirror configured
+        self.indexes = indexes or {}  # Kopf's in-memory indexes, by name
+        self.slots = AgentSlots()
+        self.waiters = Waiters()
+        self.queue: WorkQueue[RunKey, dict[str, Any]] = WorkQueue()
+        self.backoff: Backoff[RunKey] = Backoff()
+        # On the loop's thread only: a timer that falls due adds its key (read the Run afresh).
+        self.timers: Timers[RunKey] = Timers(LoopClock(), self.queue.add)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[asyncio.Task[None]] = []
+
+    # --- the queue and its workers (event loop) ---
+
+    def start(self, workers: int) -> None:
+        """Starts the workers on the running loop (the operator's startup)."""
+        self._loop = asyncio.get_running_loop()
+        self._workers = [
+            asyncio.create_task(
+                worker(self.queue, self.timers, self.backoff, self.reconcile, self._failed)
+            )
+            for _ in range(workers)
+        ]
+
+    async def stop(self) -> None:
+        self.timers.close()
+        await self.queue.drain(drop_waiting=True)
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    def trigger(self, key: RunKey, body: dict[str, Any] | None = None) -> None:
+        """Reconciles the Run soon (with this body, or read afresh if None)."""
+        self.queue.add(key, body)
+
+    def trigger_soon(self, keys: Iterable[RunKey]) -> None:
+        for key in keys:
+            self.queue.add(key)
+
+    def is_own_write(self, key: RunKey, body: Mapping[str, Any]) -> bool:
+        """The watch event of a write of ours (the reconciler's finalizer or status, the
+        mirror's acknowledgement). Not while the Run is being deleted: the mirror's last
+        acknowledgement is what lets the reconciler remove the audit finalizer."""
+        metadata = body["metadata"]
+        return not metadata.get("deletionTimestamp") and self.kube.own_writes.is_echo(
+            "runs", *key, metadata.get("resourceVersion", "")
+        )
+
+    def forget(self, key: RunKey) -> None:
+        """A deleted Run: nothing of it is kept."""
+        self.kube.own_writes.forget("runs", *key)
+        self.backoff.forget(key)
+        self.timers.cancel(key)
+        self.waiters.forget(key)
+        metrics.forget_run(key)
+
+    async def reconcile(self, key: RunKey, body: dict[str, Any] | None) -> Result:
+        """One pass: the indexes are copied on the loop's thread, the rest runs in a thread."""
+        observed = observe.observe(self.indexes, key, self.waiters.version)
+        return await asyncio.to_thread(self._reconcile, key, body, observed)
+
+    async def _failed(self, key: RunKey, error: Exception, retry: Retry) -> None:
+        await asyncio.to_thread(self._report_failure, key, error, retry)
+
+    # --- one pass (worker thread) ---
+
+    def _reconcile(self, key: RunKey, body: dict[str, Any] | None, observed: Observed) -> Result:
+        started = time.perf_counter()
+        try:
+            for _ in range(MAX_CONFLICT_RETRIES):
+                if body is None:
+                    body = self.kube.get("runs", *key)
+                    if body is None:
+                        return Result()
+                try:
+                    return self._reconcile_body(key, body, observed)
+                except Conflict:
+                    body = None
+            # Another writer keeps winning: the backoff retries later.
+            raise Conflict(f"runs/{key[1]}: {MAX_CONFLICT_RETRIES} conflicts in a row")
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    def _reconcile_body(self, key: RunKey, body: dict[str, Any], observed: Observed) -> Result:
+        namespace = key[0]
+        if body["metadata"].get("deletionTimestamp"):
+            self._let_go(key, body)
+            return Result()
+        run = self._view_or_fail(key, body)
+        if run is None:
+            return Result()
+        spec, old_status = run.spec, run.status
+        template, template_invalid = None, False
+        if spec.template_ref is not None and old_status.pinned is None:
+            template = observed.templates.get(spec.template_ref.name)
+            template_invalid = template is None and spec.template_ref.name in observed.templates
+        now = datetime.now(UTC)
+        jobs = observe.complete_jobs(self.kube, run, observed.jobs, now)
+        children = observe.complete_children(self.kube, namespace, old_status, observed.child_runs)
+        tree = self.indexes["child_runs_by_root"].get((namespace, run.root_uid), ())
+        with self.slots.lock:
+            pinned = old_status.pinned is not None
+            agents = observe.pinned_agents(old_status) if pinned else observed.agents
+            free = {
+                agent: self.slots.free(
+                    namespace, label_value(agent), limit, observed.active_jobs.get(agent)
+                )
+                for agent, limit in observe.slot_limits(agents, observed.agents).items()
+            }
+            world = World(
+                now=now,
+                template=template,
+                template_invalid=template_invalid,
+                agents=observed.agents,
+                jobs=jobs,
+                child_runs=children,
+                free_slots=free,
+                templates=observed.templates,
+                limits=self.limits,
+                tree_size=len(tree),
+            )
+            decision = decide(run, world)
+            for request in decision.create_jobs:
+                self.slots.reserve(namespace, label_value(request.agent_name), request.job_name)
+        refused = apply.create_children(self.kube, run, body, decision, jobs)
+        if refused:
+            # What the API server refused is an observation like a failed Job: decide again
+            # with it, so the step fails now and with the server's own words.
+            world = replace(
+                world,
+                jobs={**jobs, **refused.jobs},
+                child_runs={**children, **refused.child_runs},
+            )
+            decision = decide(run, world)
+        return self._carry_out(run, body, decision, observed.waiters_version)
+
+    def _carry_out(
+        self,
+        run: RunView,
+        body: dict[str, Any],
+        decision: Decision,
+        waiters_version: int,
+        *,
+        replace_status: bool = False,
+    ) -> Result:
+        """Applies the decision, then registers what it waits for and asks for its next look."""
+        key = (run.namespace, run.name)
+        done = apply.apply(
+            self.kube, self.mirror is not None, run, body, decision, replace_status=replace_status
+        )
+        if done is None:
+            return Result()
+        missed = False
+        for kind, name in done.waiting_for:
+            # A freed slot is announced by a Job, whose label may hold a hash of the name.
+            thing = label_value(name) if kind == "AgentSlot" else name
+            missed |= self.waiters.add(run.namespace, kind, thing, key, waiters_version)
+        if missed and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.queue.add, key)
+        return Result(requeue_after=done.wake_at)
+
+    def _view_or_fail(self, key: RunKey, body: dict[str, Any]) -> RunView | None:
+        """The Run as plain data; a spec or status that does not validate (the API server's
+        schema let it through, or someone rewrote status) fails the Run with the error."""
+        status: RunStatus | None = None
+        try:
+            status = RunStatus.model_validate(body.get("status") or {})
+            spec = RunSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            if status is not None and status.phase in TERMINAL_RUN_PHASES:
+                return None  # failed already: nothing is left to stop
+            where = "spec" if status is not None else "status"
+            reason = Reason.INVALID_SPEC if status is not None else Reason.INCONSISTENT_STATUS
+            message = f"the Run's {where} does not validate: {error}"
+            old = status or RunStatus(audit=observe.audit_outbox(body))
+            view = observe.view(key, body, RunSpec.model_construct(), old)  # spec unused here
+            failed = abort_run(view, datetime.now(UTC), reason, message)
+            self._carry_out(view, body, failed, 0, replace_status=status is None)
+            return None
+        return observe.view(key, body, spec, status)
+
+    def _let_go(self, key: RunKey, body: dict[str, Any]) -> None:
+        """A Run being deleted: its Jobs go with it (owner references); the audit finalizer
+        goes once the mirror has stored everything (the mirror's write wakes us)."""
+        finalizers = body["metadata"].get("finalizers") or []
+        if AUDIT_FINALIZER not in finalizers:
+            return
+        if self.mirror is not None and observe.pending_audit(body):
+            return  # without a mirror nobody would ever store them: let go at once
+        remaining = [f for f in finalizers if f != AUDIT_FINALIZER]
+        self.kube.set_finalizers("runs", *key, remaining, body["metadata"]["resourceVersion"])
+
+    def _report_failure(self, key: RunKey, error: Exception, retry: Retry) -> None:
+        """A pass raised; the queue retries it after retry.delay, and the decision is made
+        from scratch again, so a retry never repeats work. An outage (transient) is retried
+        for as long as it lasts, shown on the Run once it lasted; anything else is a fault of
+        this Run or of the operator that retrying will not mend: after a few tries the Run
+        fails with it."""
+        transient = is_transient(error)
+        detail = f"{type(error).__name__}: {error}"[:1000]
+        metrics.RECONCILE_ERRORS.labels(transient=str(transient).lower()).inc()
+        log.error(
+            "reconcile failed; retrying in %.1f s",
+            retry.delay.total_seconds(),
+            exc_info=error,
+            extra={"run": key[1], "failures": retry.failures, "transient": transient},
+        )
+        if retry.failures < failures_before_showing(transient):
+            return
+        try:
+            body = self.kube.get("runs", *key)
+            if body is None:
+                return
+            status = RunStatus.model_validate(body.get("status") or {})
+            now = datetime.now(UTC)
+            if transient:
+                message = f"retrying after {retry.failures} failures: {detail}"
+                shown = reconcile_error(status, now, type(error).__name__, message)
+                apply.patch_status(self.kube, key, body, shown.to_dict(), status.to_dict())
+                return
+            run = observe.view(key, body, RunSpec.model_validate(body.get("spec") or {}), status)
+            message = f"the operator failed on this Run {retry.failures} times: {detail}"
+            self._carry_out(run, body, abort_run(run, now, Reason.RECONCILE_ERROR, message), 0)
+        except Exception:
+            log.exception("could not report the failure on the Run", extra={"run": key[1]})
