@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import kopf
+from typing import Any
+
 import pytest
+
+from tests.unit.fake_kube import FakeKube
 
 
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
-    """Events the reconciler posts, as (type, reason, message). kopf.event needs a running
-    operator (its settings and posting queue); here it only records."""
+    """Events the reconciler posts through any FakeKube, as (type, reason, message)."""
     posted: list[tuple[str, str, str]] = []
 
-    def event(_: object, *, type: str, reason: str, message: str = "") -> None:
-        posted.append((type, reason, message))
+    def create_event(
+        self: FakeKube, involved: dict[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        posted.append((event_type, reason, message))
 
-    monkeypatch.setattr(kopf, "event", event)
+    monkeypatch.setattr(FakeKube, "create_event", create_event)
     return posted

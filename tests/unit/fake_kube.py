@@ -147,6 +147,11 @@ class FakeKube:
 
     # --- inside ---
 
+    def create_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        self._call("create_event", involved["name"], reason)
+
     def _call(self, method: str, *args: Any) -> None:
         self.calls.append((method, args))
         if self._failures[method]:

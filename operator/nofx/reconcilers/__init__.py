@@ -1,2 +1,6 @@
-"""Kopf handlers, one module per kind: they gather state and apply decisions; the decisions
-themselves live in nofx.decisions."""
+"""The only part of the operator that talks to Kubernetes and hands work to the mirror.
+
+runs.py, agents.py and templates.py wire Kopf (indexes and events) for each kind;
+run_reconciler.py is the Run reconciler (a work queue, then per pass: observe.py gathers,
+nofx.planner decides, apply.py carries it out); context.py is what the handlers share, kept on
+Kopf's memo; errors.py tells outages from faults; waiters.py and status_patch.py are helpers."""

@@ -8,16 +8,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
-
-import kopf
+from typing import Any
 
 from nofx import metrics
+from nofx.api.common import API_VERSION
 from nofx.api.reasons import Reason
 from nofx.api.run import RunStatus
 from nofx.builders.child_run import build_child_run
 from nofx.builders.job import RunRef, build_job
-from nofx.changes import transitions
+from nofx.changes import Transition, transitions
 from nofx.kube import Kube, Rejected
 from nofx.mirror import outbox
 from nofx.planner.facts import ChildRunObservation, Decision, JobObservation, JobRequest, RunView
@@ -110,13 +109,9 @@ def apply(
             return _status_refused(kube, mirror_on, run, body, decision, error)
         if stored is None:
             return None
+        involved = _involved(body)
         for change in changes:
-            kopf.event(
-                kopf.Body(cast(kopf.RawBody, body)),
-                type="Warning" if change.warning else "Normal",
-                reason=change.reason,
-                message=change.message[:1000],
-            )
+            _post_event(kube, involved, change)
             log.info(
                 change.message,
                 extra={
@@ -131,6 +126,31 @@ def apply(
         metrics.STEP_ATTEMPTS.labels(outcome=attempt.outcome).inc()
     metrics.set_run_phase(key, decision.status.phase)
     return decision
+
+
+def _involved(body: dict[str, Any]) -> dict[str, Any]:
+    metadata = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": "Run",
+        "name": metadata["name"],
+        "namespace": metadata["namespace"],
+        "uid": metadata["uid"],
+    }
+
+
+def _post_event(kube: Kube, involved: dict[str, Any], change: Transition) -> None:
+    """An Event on the Run for one transition. Posted after the status that made it true; a
+    failure to post loses only this Event (the status and the audit trail hold the change)."""
+    try:
+        kube.create_event(
+            involved,
+            "Warning" if change.warning else "Normal",
+            change.reason,
+            change.message[:1000],
+        )
+    except Exception as error:
+        log.warning("could not post an Event: %s", error, extra={"run": involved["name"]})
 
 
 def patch_status(
