@@ -21,8 +21,9 @@ import pytest
 
 from nofx.localcluster.postgres import PostgresServer
 from nofx.mirror import chain
+from nofx.mirror.errors import ChainGapError, Rejected
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
-from nofx.mirror.store import ChainGapError, Rejected, Store
+from nofx.mirror.store import Store
 
 from ..conftest import new_postgres
 

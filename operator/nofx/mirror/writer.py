@@ -6,7 +6,7 @@ every queued Run's pending entries in one transaction, then removes exactly thos
 each Run's status. If Postgres is down it keeps retrying with backoff; the entries stay in the
 Runs' status meanwhile, so a restarted operator finds them again.
 
-One object whose rows Postgres refuses (store.Rejected) never holds back the others: its batch
+One object whose rows Postgres refuses (errors.Rejected) never holds back the others: its batch
 is written again Run by Run, and the refused object is held back, retried alone with backoff,
 and reported where people look (a Warning Event and a Mirrored condition on it). A Run whose
 acknowledgement failed is offered again by the writer itself.
@@ -25,10 +25,11 @@ from typing import Any
 from nofx import metrics
 from nofx.kube import Conflict, Kube
 from nofx.mirror import outbox, report
+from nofx.mirror.errors import Rejected
 from nofx.mirror.records import Deletion, SpecVersion
 from nofx.mirror.retries import Retries
 from nofx.mirror.run_body import RunRows, entry_time, mirrored_part, pending, run_rows, run_target
-from nofx.mirror.store import Rejected, Store
+from nofx.mirror.store import Store
 
 log = logging.getLogger("nofx.mirror")
 
