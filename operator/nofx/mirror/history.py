@@ -109,7 +109,7 @@ def record_deletion(
 
 
 def registry_stream(kind: str, namespace: str, name: str) -> str:
-    # Runs have their own numbering in the operator's outbox and go through write().
+    # Runs have their own numbering in the operator's outbox and go through Store.write().
     if kind not in ("Agent", "Template"):
         raise ValueError(f"spec versions and deletions are for Agents and Templates, not {kind!r}")
     return chain.stream_name(kind, namespace, name, uid="")
