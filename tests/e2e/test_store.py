@@ -20,8 +20,9 @@ import psycopg
 import pytest
 
 from nofx.mirror import chain
+from nofx.mirror.errors import ChainGapError, Rejected
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
-from nofx.mirror.store import ChainGapError, Rejected, Store
+from nofx.mirror.store import Store
 from nofx_dev.postgres import PostgresServer
 
 from ..conftest import new_postgres

@@ -18,7 +18,8 @@ from nofx.mirror.escaping import (
     unescape_row,
 )
 from nofx.mirror.records import AuditEvent
-from nofx.mirror.store import AUDIT_COLUMNS, _first_break
+from nofx.mirror.streams import AUDIT_COLUMNS
+from nofx.mirror.verify import _first_break
 
 ESC = "\u2400"
 TRICKY = [

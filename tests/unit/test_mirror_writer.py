@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from nofx.kube import Conflict, OwnWrites
+from nofx.mirror.errors import Rejected
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
-from nofx.mirror.store import Rejected
 from nofx.mirror.writer import MirrorWriter
 
 POISON = "poison"  # the fake Postgres refuses any row holding this

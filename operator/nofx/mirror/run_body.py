@@ -11,6 +11,7 @@ from nofx.mirror import outbox
 from nofx.mirror.records import AuditEvent, RunRecord, UsageRecord
 from nofx.mirror.report import Target
 
+RunKey = tuple[str, str]  # namespace, name
 RunRows = tuple[list[AuditEvent], list[UsageRecord], RunRecord]
 RUN_METADATA = ("namespace", "name", "uid", "resourceVersion", "creationTimestamp")
 RUN_STATUS = ("phase", "startedAt", "finishedAt", "audit")

@@ -6,10 +6,10 @@ every queued Run's pending entries in one transaction, then removes exactly thos
 each Run's status. If Postgres is down it keeps retrying with backoff; the entries stay in the
 Runs' status meanwhile, so a restarted operator finds them again.
 
-One object whose rows Postgres refuses (store.Rejected) never holds back the others: its batch
-is written again Run by Run, and the refused object is held back, retried alone with backoff,
-and reported where people look (a Warning Event and a Mirrored condition on it). A Run whose
-acknowledgement failed is offered again by the writer itself.
+One object whose rows Postgres refuses (errors.Rejected) never holds back the others: its batch
+is written again Run by Run (batches.py), and the refused object is held back, retried alone
+with backoff, and reported where people look (a Warning Event and a Mirrored condition on it).
+A Run whose acknowledgement (acknowledgement.py) failed is offered again by the writer itself.
 """
 
 from __future__ import annotations
@@ -23,16 +23,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nofx import metrics
-from nofx.kube import Conflict, Kube
-from nofx.mirror import outbox, report
+from nofx.kube import Kube
+from nofx.mirror import report
+from nofx.mirror.acknowledgement import acknowledge
+from nofx.mirror.batches import write_isolated
+from nofx.mirror.errors import Rejected
 from nofx.mirror.records import Deletion, SpecVersion
 from nofx.mirror.retries import Retries
-from nofx.mirror.run_body import RunRows, entry_time, mirrored_part, pending, run_rows, run_target
-from nofx.mirror.store import Rejected, Store
+from nofx.mirror.run_body import RunKey, entry_time, mirrored_part, pending, run_target
+from nofx.mirror.store import Store
 
 log = logging.getLogger("nofx.mirror")
 
-RunKey = tuple[str, str]
 ObjectKey = tuple[str, str, str]  # kind, namespace, name
 BATCH_RUNS = 200  # Runs per transaction
 ACK_THREADS = 8  # acknowledgements in flight at once: each is one API round trip
@@ -170,7 +172,7 @@ class MirrorWriter:
         if not batch:
             return
         started = time.monotonic()
-        written, refused = self._write_isolated(batch)
+        written, refused = write_isolated(self.store, batch)
         metrics.MIRROR_WRITE_SECONDS.observe(time.monotonic() - started)
         with self._lock:
             for key, body in batch.items():
@@ -202,7 +204,7 @@ class MirrorWriter:
                     self._report_mirrored(run_target(body))
                 continue
             run = mirrored_part(body)
-            written, refused = self._write_isolated({key: run})
+            written, refused = write_isolated(self.store, {key: run})
             with self._lock:
                 if refused:
                     failures = self._refused_runs.schedule(key, run)
@@ -212,42 +214,8 @@ class MirrorWriter:
                 self._report_refused(run_target(run), refused[key], failures)
             self._acknowledge_all(written)
 
-    def _write_isolated(
-        self, bodies: dict[RunKey, dict[str, Any]]
-    ) -> tuple[dict[RunKey, dict[str, Any]], dict[RunKey, str]]:
-        """Writes the Runs' pending entries in one transaction; if Postgres refuses it, Run by
-        Run. Returns the Runs written, and the problem of each Run refused."""
-        rows: dict[RunKey, RunRows] = {}
-        refused: dict[RunKey, str] = {}
-        for key, body in bodies.items():
-            try:
-                rows[key] = run_rows(body)
-            except (KeyError, TypeError, ValueError, ArithmeticError) as error:
-                refused[key] = f"malformed audit outbox entry: {error!r}"
-        if len(rows) > 1:
-            try:
-                self._store(list(rows.values()))
-                return {key: bodies[key] for key in rows}, refused
-            except Rejected as error:
-                log.info("Postgres refused a batch, writing it Run by Run: %s", error)
-        for key in list(rows):
-            try:
-                self._store([rows[key]])
-            except Rejected as error:
-                refused[key] = str(error)
-                del rows[key]
-        return {key: bodies[key] for key in rows}, refused
-
-    def _store(self, rows: list[RunRows]) -> None:
-        events = [event for run_events, _, _ in rows for event in run_events]
-        self.store.write(events, [u for _, usage, _ in rows for u in usage], [r for *_, r in rows])
-        metrics.MIRROR_EVENTS.inc(len(events))
-        now = datetime.now(UTC)
-        for event in events:
-            metrics.MIRROR_LAG_SECONDS.observe(max(0.0, (now - event.at).total_seconds()))
-
     def _acknowledge_all(self, written: dict[RunKey, dict[str, Any]]) -> None:
-        done = list(self._acks.map(self._acknowledge, written.items()))
+        done = list(self._acks.map(lambda item: acknowledge(self.kube, *item), written.items()))
         for (key, body), acknowledged in zip(written.items(), done, strict=True):
             with self._lock:
                 if acknowledged:
@@ -256,51 +224,6 @@ class MirrorWriter:
                     self._unacknowledged.schedule(key, body)
             if acknowledged:
                 self._report_mirrored(run_target(body))
-
-    def _acknowledge(self, item: tuple[RunKey, dict[str, Any]]) -> bool:
-        key, body = item
-        stored = {outbox.entry_key(entry) for entry in pending(body)}
-        try:
-            if self._remove_from_outbox(key, body, stored):
-                return True
-            log.warning(
-                "acknowledgement kept conflicting; offered again later", extra={"run": key[1]}
-            )
-        except Exception as error:
-            log.warning(
-                "acknowledgement failed; offered again later: %s", error, extra={"run": key[1]}
-            )
-        return False
-
-    def _remove_from_outbox(
-        self, key: RunKey, body: dict[str, Any] | None, stored: set[tuple[Any, ...]]
-    ) -> bool:
-        """Removes the stored entries from the Run's outbox, keeping any added since; False if
-        the Run kept changing. Tries the body it wrote from first; only a conflict (the Run
-        changed meanwhile) costs a GET."""
-        refetched = False
-        for _ in range(5):
-            if body is None:
-                return True
-            audit = (body.get("status") or {}).get("audit") or {}
-            remaining = outbox.acknowledge(audit.get("pending") or [], stored)
-            if len(remaining) == len(audit.get("pending") or []):
-                return True
-            try:
-                written = self.kube.patch_status(
-                    "runs", *key,
-                    {"audit": {**audit, "pending": remaining or None}},
-                    body["metadata"]["resourceVersion"],
-                )  # fmt: skip
-                if written is not None and not refetched:
-                    # Nothing the reconciler reads changed: its watch event needs no reconcile.
-                    # Not after a GET: Kopf may fold the event of a change the reconciler has
-                    # not seen yet into the event of this write.
-                    self.kube.own_writes.add("runs", written)
-                return True
-            except Conflict:
-                body, refetched = self.kube.get("runs", *key), True
-        return False
 
     # --- telling people ---
 

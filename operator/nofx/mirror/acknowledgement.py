@@ -1,0 +1,57 @@
+"""Acknowledging written entries: removing exactly them from the Run's outbox (its status),
+keeping any added since, with a patch guarded by the Run's resourceVersion."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nofx.kube import Conflict, Kube
+from nofx.mirror import outbox
+from nofx.mirror.run_body import RunKey, pending
+
+log = logging.getLogger("nofx.mirror")
+
+
+def acknowledge(kube: Kube, key: RunKey, body: dict[str, Any]) -> bool:
+    """Removes the entries of this body, which were written, from the Run's outbox; False (and
+    logged) if that failed or kept conflicting: the Run is offered again later."""
+    stored = {outbox.entry_key(entry) for entry in pending(body)}
+    try:
+        if remove_from_outbox(kube, key, body, stored):
+            return True
+        log.warning("acknowledgement kept conflicting; offered again later", extra={"run": key[1]})
+    except Exception as error:
+        log.warning("acknowledgement failed; offered again later: %s", error, extra={"run": key[1]})
+    return False
+
+
+def remove_from_outbox(
+    kube: Kube, key: RunKey, body: dict[str, Any] | None, stored: set[tuple[Any, ...]]
+) -> bool:
+    """Removes the stored entries from the Run's outbox, keeping any added since; False if
+    the Run kept changing. Tries the body it wrote from first; only a conflict (the Run
+    changed meanwhile) costs a GET."""
+    refetched = False
+    for _ in range(5):
+        if body is None:
+            return True
+        audit = (body.get("status") or {}).get("audit") or {}
+        remaining = outbox.acknowledge(audit.get("pending") or [], stored)
+        if len(remaining) == len(audit.get("pending") or []):
+            return True
+        try:
+            written = kube.patch_status(
+                "runs", *key,
+                {"audit": {**audit, "pending": remaining or None}},
+                body["metadata"]["resourceVersion"],
+            )  # fmt: skip
+            if written is not None and not refetched:
+                # Nothing the reconciler reads changed: its watch event needs no reconcile.
+                # Not after a GET: Kopf may fold the event of a change the reconciler has
+                # not seen yet into the event of this write.
+                kube.own_writes.add("runs", written)
+            return True
+        except Conflict:
+            body, refetched = kube.get("runs", *key), True
+    return False
