@@ -43,6 +43,13 @@ class Transition:
     message: str
 
     @property
+    def announced(self) -> bool:
+        """Worth a Kubernetes Event: the Run's own transitions and every warning. A step's
+        ordinary progress is in status and the audit trail already; an Event for each would
+        double the API writes of a Run."""
+        return self.step is None or self.warning
+
+    @property
     def warning(self) -> bool:
         return self.reason in ("StepFailed", "StepRetrying", "RunFailed", "Pending")
 

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from nofx.kube import Conflict, OwnWrites
 from nofx.mirror.errors import Rejected
+from nofx.mirror.folding import ACK_AFTER
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.writer import MirrorWriter
 
@@ -62,6 +63,7 @@ class FakeKube:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.events: list[tuple[str, str, str, str]] = []  # (kind/name, type, reason, message)
         self.failing_patches = 0
+        self.patches = 0  # status patches that went through
         self.own_writes = OwnWrites()
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -81,6 +83,7 @@ class FakeKube:
             raise Conflict(name)
         body.setdefault("status", {}).update(status)
         body["metadata"]["resourceVersion"] = str(int(body["metadata"]["resourceVersion"]) + 1)
+        self.patches += 1
         return copy.deepcopy(body)
 
     def set_condition(
@@ -123,13 +126,14 @@ class Setup:
         self.store, self.kube, self.clock = FakeStore(), FakeKube(), Clock()
         self.writer = MirrorWriter(self.store, self.kube, self.clock)  # type: ignore[arg-type]
 
-    def run(self, name: str, *entries: dict[str, Any]) -> None:
-        """A Run with these outbox entries, in the cluster and offered to the writer."""
+    def run(self, name: str, *entries: dict[str, Any], phase: str = "Succeeded") -> None:
+        """A Run with these outbox entries, in the cluster and offered to the writer. A
+        finished one by default: its entries are acknowledged as soon as they are stored."""
         body = {
             "metadata": {"namespace": "team", "name": name, "uid": f"uid-{name}",
                          "resourceVersion": "1", "creationTimestamp": "2030-01-01T00:00:00Z"},
             "spec": {"account": "acme"},
-            "status": {"phase": "Running", "audit": {"nextSeq": len(entries) + 1,
+            "status": {"phase": phase, "audit": {"nextSeq": len(entries) + 1,
                                                       "pending": list(entries)}},
         }  # fmt: skip
         self.kube.objects[("runs", "team", name)] = body
@@ -282,3 +286,27 @@ def test_a_refused_agent_version_waits_and_other_objects_flow(setup: Setup) -> N
     setup.flush(after=0.5)
     assert setup.store.versions == [("reviewer", "r-1"), ("coder", "poison-1"), ("coder", "c-2")]
     assert setup.kube.condition("agents", "coder") == ("True", "Mirrored")
+
+
+def test_a_running_runs_stored_entries_wait_for_the_reconcilers_write(setup: Setup) -> None:
+    setup.run("busy", entry(1), entry(2), phase="Running")
+    setup.flush()
+    assert setup.store.stored("busy") == [1, 2]
+    # No acknowledgement of its own: the reconciler's next status write drops them.
+    assert [e["seq"] for e in setup.kube.pending("busy")] == [1, 2]
+    assert setup.writer.stored.keys(("team", "busy"), "uid-busy") == {("event", 1), ("event", 2)}
+    setup.writer._report_lag()
+    assert pending_age() == 0.0, "stored entries are not late"
+    setup.writer.stored.removed(("team", "busy"), "uid-busy", {("event", 1), ("event", 2)})
+    setup.flush(after=ACK_AFTER + 1)
+    assert setup.kube.patches == 0
+
+
+def test_stored_entries_no_write_came_for_are_acknowledged_after_a_while(setup: Setup) -> None:
+    setup.run("slow", entry(1), phase="Running")
+    setup.flush()
+    setup.flush(after=ACK_AFTER / 2)
+    assert [e["seq"] for e in setup.kube.pending("slow")] == [1]
+    setup.flush(after=ACK_AFTER)
+    assert setup.kube.pending("slow") == []
+    assert setup.store.stored("slow") == [1], "written once: a stored entry is not written again"

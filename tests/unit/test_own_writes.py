@@ -1,10 +1,13 @@
 """The reconciler skips the watch events of its own writes, and only those."""
 
+import time
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
 from nofx.kube import OwnWrites
+from nofx.mirror.folding import StoredEntries
 from nofx.mirror.writer import MirrorWriter
 from nofx.reconcilers.apply import AUDIT_FINALIZER
 from tests.unit.run_harness import KEY, Harness, step
@@ -90,7 +93,8 @@ def test_a_run_being_deleted_is_never_taken_for_an_echo() -> None:
 
 
 def with_mirror(h: Harness) -> Harness:
-    h.reconciler.mirror = cast(MirrorWriter, object())  # only whether there is one matters here
+    # Only whether there is one matters here, and what it stored: nothing yet.
+    h.reconciler.mirror = cast(MirrorWriter, SimpleNamespace(stored=StoredEntries(time.monotonic)))
     return h
 
 

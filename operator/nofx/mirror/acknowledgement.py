@@ -8,15 +8,17 @@ from typing import Any
 
 from nofx.kube import Conflict, Kube
 from nofx.mirror import outbox
-from nofx.mirror.run_body import RunKey, pending
+from nofx.mirror.run_body import RunKey
 
 log = logging.getLogger("nofx.mirror")
 
 
-def acknowledge(kube: Kube, key: RunKey, body: dict[str, Any]) -> bool:
-    """Removes the entries of this body, which were written, from the Run's outbox; False (and
-    logged) if that failed or kept conflicting: the Run is offered again later."""
-    stored = {outbox.entry_key(entry) for entry in pending(body)}
+def acknowledge(
+    kube: Kube, key: RunKey, body: dict[str, Any], stored: set[tuple[Any, ...]]
+) -> bool:
+    """Removes the stored entries from the Run's outbox (body: the latest written, whose
+    resourceVersion guards the patch); False (and logged) if that failed or kept conflicting:
+    the Run is offered again later."""
     try:
         if remove_from_outbox(kube, key, body, stored):
             return True

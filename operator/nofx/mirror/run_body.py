@@ -13,7 +13,9 @@ from nofx.mirror.report import Target
 
 RunKey = tuple[str, str]  # namespace, name
 RunRows = tuple[list[AuditEvent], list[UsageRecord], RunRecord]
-RUN_METADATA = ("namespace", "name", "uid", "resourceVersion", "creationTimestamp")
+RUN_METADATA = (
+    "namespace", "name", "uid", "resourceVersion", "creationTimestamp", "deletionTimestamp"
+)  # fmt: skip
 RUN_STATUS = ("phase", "startedAt", "finishedAt", "audit")
 
 

@@ -28,6 +28,7 @@ from nofx.mirror import report
 from nofx.mirror.acknowledgement import acknowledge
 from nofx.mirror.batches import write_isolated
 from nofx.mirror.errors import Rejected
+from nofx.mirror.folding import StoredEntries
 from nofx.mirror.records import Deletion, SpecVersion
 from nofx.mirror.retries import Retries
 from nofx.mirror.run_body import RunKey, entry_time, mirrored_part, pending, run_target
@@ -58,6 +59,7 @@ class MirrorWriter:
         self._unacknowledged: Retries[RunKey, dict[str, Any]] = Retries(
             RETRY_FIRST, MAX_BACKOFF, clock
         )
+        self.stored = StoredEntries(clock)  # in Postgres, still in their Run's outbox
         self._versions: list[SpecVersion | Deletion] = []
         self._refused_objects: Retries[ObjectKey, None] = Retries(RETRY_FIRST, MAX_BACKOFF, clock)
         self._recorded: dict[ObjectKey, str | None] = {}
@@ -169,10 +171,12 @@ class MirrorWriter:
             for key, body in self._unacknowledged.due():
                 self._runs.setdefault(key, body)  # written again (a no-op) and acknowledged
             batch = dict(list(self._runs.items())[:BATCH_RUNS])
+        self._acknowledge_due()
         if not batch:
             return
         started = time.monotonic()
-        written, refused = write_isolated(self.store, batch)
+        unstored = {key: self.stored.unstored(key, body) for key, body in batch.items()}
+        written, refused = write_isolated(self.store, unstored)
         metrics.MIRROR_WRITE_SECONDS.observe(time.monotonic() - started)
         with self._lock:
             for key, body in batch.items():
@@ -183,7 +187,7 @@ class MirrorWriter:
                 body = self._runs.pop(key, batch[key])
                 failures = self._refused_runs.schedule(key, body)
             self._report_refused(run_target(body), problem, failures)
-        self._acknowledge_all(written)
+        self._acknowledge_all({key: batch[key] for key in written})  # whole outboxes
 
     def _retry_refused_runs(self) -> None:
         """Each alone, as it is now: its entries may have changed or gone meanwhile."""
@@ -215,14 +219,32 @@ class MirrorWriter:
             self._acknowledge_all(written)
 
     def _acknowledge_all(self, written: dict[RunKey, dict[str, Any]]) -> None:
-        done = list(self._acks.map(lambda item: acknowledge(self.kube, *item), written.items()))
-        for (key, body), acknowledged in zip(written.items(), done, strict=True):
+        """Written Runs: acknowledged now if they must be (folding.py), else left for the
+        reconciler's next status write to drop."""
+        now = []
+        for key, body in written.items():
+            keys = self.stored.written(key, body)
+            if keys is None:
+                with self._lock:
+                    self._unacknowledged.release(key)
+                self._report_mirrored(run_target(body))
+            else:
+                now.append((key, body, keys))
+        self._acknowledge(now)
+
+    def _acknowledge_due(self) -> None:
+        self._acknowledge(self.stored.due())
+
+    def _acknowledge(self, runs: list[tuple[RunKey, dict[str, Any], set[Any]]]) -> None:
+        done = list(self._acks.map(lambda run: acknowledge(self.kube, *run), runs))
+        for (key, body, keys), acknowledged in zip(runs, done, strict=True):
             with self._lock:
                 if acknowledged:
                     self._unacknowledged.release(key)
                 elif key not in self._runs:  # else the newer body is acknowledged in turn
                     self._unacknowledged.schedule(key, body)
             if acknowledged:
+                self.stored.removed(key, body["metadata"]["uid"], keys)
                 self._report_mirrored(run_target(body))
 
     # --- telling people ---
@@ -261,16 +283,20 @@ class MirrorWriter:
                 self._reported.setdefault(target.key, reported)
 
     def _report_lag(self) -> None:
-        """Age of the oldest entry not yet in Postgres, or held back, or not yet acknowledged:
-        the mirror's lag."""
+        """Age of the oldest entry not yet in Postgres (queued or held back), or whose removal
+        from its Run's outbox failed: the mirror's lag. Entries stored and left for the
+        reconciler's next write to drop are not late."""
         with self._lock:
-            bodies = [
-                *self._runs.values(),
-                *self._refused_runs.items(),
-                *self._unacknowledged.items(),
-            ]
+            queued = [*self._runs.values(), *self._refused_runs.items()]
+            unacknowledged = self._unacknowledged.items()
             times = [version.at for version in self._versions]
-        times += [at for body in bodies for entry in pending(body) if (at := entry_time(entry))]
+        entries = [e for body in queued for e in pending(self.stored.unstored(_key(body), body))]
+        entries += [entry for body in unacknowledged for entry in pending(body)]
+        times += [at for entry in entries if (at := entry_time(entry))]
         oldest = min(times, default=None)
         lag = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
         metrics.MIRROR_PENDING_AGE.set(max(0.0, lag))
+
+
+def _key(body: dict[str, Any]) -> RunKey:
+    return body["metadata"]["namespace"], body["metadata"]["name"]

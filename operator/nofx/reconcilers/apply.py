@@ -19,6 +19,7 @@ from nofx.builders.job import RunRef, build_job
 from nofx.changes import Transition, transitions
 from nofx.kube import Kube, Rejected
 from nofx.mirror import outbox
+from nofx.mirror.writer import MirrorWriter
 from nofx.planner.facts import ChildRunObservation, Decision, JobObservation, JobRequest, RunView
 from nofx.planner.stopping import abort_run
 
@@ -62,7 +63,7 @@ def create_children(
 
 def apply(
     kube: Kube,
-    mirror_on: bool,
+    mirror: MirrorWriter | None,
     run: RunView,
     body: dict[str, Any],
     decision: Decision,
@@ -80,10 +81,16 @@ def apply(
         kube.delete("runs", run.namespace, run.name)
         return None
     changes = transitions(run.status, decision.status)
-    if mirror_on:
+    stored_keys: set[Any] = set()
+    if mirror is not None:
         outbox.record(decision.status, changes, decision.finished_attempts, datetime.now(UTC))
+        # What the mirror stored since goes in this same write (no acknowledgement of its own).
+        stored_keys = mirror.stored.keys(key, run.uid)
+        audit = decision.status.audit
+        if stored_keys and audit is not None and audit.pending:
+            audit.pending = outbox.acknowledge(audit.pending, stored_keys) or None
     finalizers = body["metadata"].get("finalizers") or []
-    if mirror_on and decision.status.audit and AUDIT_FINALIZER not in finalizers:
+    if mirror is not None and decision.status.audit and AUDIT_FINALIZER not in finalizers:
         # Held until the mirror stored every event, so deleting a Run loses none of them.
         stored = kube.set_finalizers(
             "runs", *key, [*finalizers, AUDIT_FINALIZER], body["metadata"]["resourceVersion"]
@@ -106,12 +113,15 @@ def apply(
         except Rejected as error:
             if not fail_if_refused:
                 raise
-            return _status_refused(kube, mirror_on, run, body, decision, error)
+            return _status_refused(kube, mirror, run, body, decision, error)
         if stored is None:
             return None
+        if mirror is not None and stored_keys:
+            mirror.stored.removed(key, run.uid, stored_keys)
         involved = _involved(body)
         for change in changes:
-            _post_event(kube, involved, change)
+            if change.announced:
+                _post_event(kube, involved, change)
             log.info(
                 change.message,
                 extra={
@@ -172,7 +182,7 @@ def patch_status(
 
 def _status_refused(
     kube: Kube,
-    mirror_on: bool,
+    mirror: MirrorWriter | None,
     run: RunView,
     body: dict[str, Any],
     decision: Decision,
@@ -193,12 +203,12 @@ def _status_refused(
         return failed
 
     try:
-        return apply(kube, mirror_on, run, body, failure(), fail_if_refused=False)
+        return apply(kube, mirror, run, body, failure(), fail_if_refused=False)
     except Rejected:
         # Raised again if refused even now: the error budget retries it with backoff.
         least = failure()
         least.status = _only_the_failure(least.status)
-        return apply(kube, mirror_on, run, body, least, replace_status=True, fail_if_refused=False)
+        return apply(kube, mirror, run, body, least, replace_status=True, fail_if_refused=False)
 
 
 def _only_the_failure(status: RunStatus) -> RunStatus:

@@ -200,7 +200,7 @@ class RunReconciler:
         """Applies the decision, then registers what it waits for and asks for its next look."""
         key = (run.namespace, run.name)
         done = apply.apply(
-            self.kube, self.mirror is not None, run, body, decision, replace_status=replace_status
+            self.kube, self.mirror, run, body, decision, replace_status=replace_status
         )
         if done is None:
             return Result()
