@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from nofx_dev import pki
+from nofx_dev import audit, pki
 from nofx_dev.processes import ManagedProcess, free_port, wait_until
 from nofx_dev.tools import tool_path
 
@@ -33,14 +33,26 @@ CONTROLLERS = ",".join(
         "replicaset-controller",
     ]
 )
+# Each component its own user, so that the audit log tells their writes apart. All are in
+# system:masters: RBAC for the components' own roles is not what these clusters test.
+MASTERS = ["system:masters"]
+COMPONENT_USERS = {
+    "kube-controller-manager": "system:kube-controller-manager",
+    "kube-scheduler": "system:kube-scheduler",
+    "kwok": "kwok",
+}
 
 
 @dataclass
 class ControlPlane:
-    """A private Kubernetes control plane whose files all live under state_dir."""
+    """A private Kubernetes control plane whose files all live under state_dir.
+
+    With audit_log, the API server logs every write (who, what, the response code) to
+    audit_log_path; see nofx_dev.audit."""
 
     state_dir: Path
     nodes: int = 2
+    audit_log: bool = False
     processes: list[ManagedProcess] = field(default_factory=list)
     apiserver_port: int = 0
     startup_seconds: float = 0.0
@@ -52,6 +64,25 @@ class ControlPlane:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.state_dir / "logs" / "audit.jsonl"
+
+    def kubeconfig_for(self, user: str, groups: list[str] | None = None) -> Path:
+        """A kubeconfig with a client certificate of its own for `user` in `groups` (issued
+        now by this cluster's CA; the cluster must have been started)."""
+        if not self.apiserver_port:
+            raise RuntimeError("start the control plane first")
+        return self._user_kubeconfig(f"user-{user.replace(':', '-')}", user, groups or [])
+
+    def _user_kubeconfig(self, stem: str, user: str, groups: list[str]) -> Path:
+        pki_dir = self.state_dir / "pki"
+        pki.client_certificate(pki_dir, stem, user, groups)
+        path = self.state_dir / "kubeconfigs" / f"{stem}.kubeconfig"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_kubeconfig(pki_dir, path, user, stem)
+        return path
 
     def _process(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.state_dir / "logs" / f"{name}.log")
@@ -66,7 +97,8 @@ class ControlPlane:
         pki.create_pki(pki_dir, SERVICE_IP)
         etcd_port, etcd_peer_port = free_port(), free_port()
         self.apiserver_port = free_port()
-        self._write_kubeconfig(pki_dir)
+        self._write_kubeconfig(pki_dir, self.kubeconfig, "nofx-admin", "admin")
+        components = {c: self._user_kubeconfig(c, u, MASTERS) for c, u in COMPONENT_USERS.items()}
         try:
             etcd = self._process("etcd", self._etcd_argv(etcd_port, etcd_peer_port))
             apiserver = self._process("kube-apiserver", self._apiserver_argv(pki_dir, etcd_port))
@@ -77,9 +109,12 @@ class ControlPlane:
                 return self._get("/readyz") == "ok"
 
             wait_until(apiserver_ready, timeout, "kube-apiserver /readyz")
-            self._process("kube-controller-manager", self._controller_manager_argv(pki_dir))
-            self._process("kube-scheduler", self._scheduler_argv())
-            self._process("kwok", self._kwok_argv())
+            self._process(
+                "kube-controller-manager",
+                self._controller_manager_argv(pki_dir, components["kube-controller-manager"]),
+            )
+            self._process("kube-scheduler", self._scheduler_argv(components["kube-scheduler"]))
+            self._process("kwok", self._kwok_argv(components["kwok"]))
             self._create_nodes()
             wait_until(self._ready, timeout, "fake Nodes Ready and the default ServiceAccount")
         except BaseException:
@@ -154,7 +189,7 @@ class ControlPlane:
                 },
             )
 
-    def _write_kubeconfig(self, pki_dir: Path) -> None:
+    def _write_kubeconfig(self, pki_dir: Path, path: Path, user: str, stem: str) -> None:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -169,19 +204,19 @@ class ControlPlane:
             ],
             "users": [
                 {
-                    "name": "nofx-admin",
+                    "name": user,
                     "user": {
-                        "client-certificate": str(pki_dir / "admin.crt"),
-                        "client-key": str(pki_dir / "admin.key"),
+                        "client-certificate": str(pki_dir / f"{stem}.crt"),
+                        "client-key": str(pki_dir / f"{stem}.key"),
                     },
                 }
             ],
             "contexts": [
-                {"name": "nofx-local", "context": {"cluster": "nofx-local", "user": "nofx-admin"}}
+                {"name": "nofx-local", "context": {"cluster": "nofx-local", "user": user}}
             ],
             "current-context": "nofx-local",
         }
-        self.kubeconfig.write_text(json.dumps(config, indent=2))
+        path.write_text(json.dumps(config, indent=2))
 
     def _etcd_argv(self, port: int, peer_port: int) -> list[str]:
         client, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
@@ -199,6 +234,26 @@ class ControlPlane:
         ]
 
     def _apiserver_argv(self, pki_dir: Path, etcd_port: int) -> list[str]:
+        return [*self._apiserver_flags(pki_dir, etcd_port), *self._audit_flags()]
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit_log:
+            return []
+        policy = self.state_dir / "audit-policy.json"  # JSON is YAML: the API server reads it
+        policy.write_text(json.dumps(audit.POLICY, indent=2))
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log_path}",
+            "--audit-log-format=json",
+            # A write is in the log before its response is sent: counts read after a scenario
+            # has finished are complete.
+            "--audit-log-mode=blocking",
+            # 0 would mean lumberjack's default, 100 MB: rotation would pull the file from
+            # under readers that keep their place by offset (nofx_dev.audit.AuditLog).
+            "--audit-log-maxsize=1000000",
+        ]
+
+    def _apiserver_flags(self, pki_dir: Path, etcd_port: int) -> list[str]:
         return [
             str(tool_path("kube-apiserver")),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
@@ -223,10 +278,10 @@ class ControlPlane:
             "--v=1",
         ]
 
-    def _controller_manager_argv(self, pki_dir: Path) -> list[str]:
+    def _controller_manager_argv(self, pki_dir: Path, kubeconfig: Path) -> list[str]:
         return [
             str(tool_path("kube-controller-manager")),
-            f"--kubeconfig={self.kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
             f"--controllers={CONTROLLERS}",
             "--leader-elect=false",
             "--secure-port=0",
@@ -243,10 +298,10 @@ class ControlPlane:
             "--v=1",
         ]
 
-    def _scheduler_argv(self) -> list[str]:
+    def _scheduler_argv(self, kubeconfig: Path) -> list[str]:
         return [
             str(tool_path("kube-scheduler")),
-            f"--kubeconfig={self.kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
             "--leader-elect=false",
             "--kube-api-qps=300",
             "--kube-api-burst=600",
@@ -254,12 +309,12 @@ class ControlPlane:
             "--v=1",
         ]
 
-    def _kwok_argv(self) -> list[str]:
+    def _kwok_argv(self, kubeconfig: Path) -> list[str]:
         stages = self.state_dir / "kwok-stages.yaml"
         stages.write_text(resources.files("nofx_dev").joinpath("kwok-stages.yaml").read_text())
         return [
             str(tool_path("kwok")),
-            f"--kubeconfig={self.kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
             f"--config={stages}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",

@@ -1,10 +1,12 @@
 """The certificates and keys a private control plane needs: a CA, the API server's serving
-certificate, an admin client certificate, and the service-account signing key."""
+certificate, an admin client certificate, and the service-account signing key; later, client
+certificates for other users from the same CA."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -26,10 +28,10 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) 
     path.chmod(0o600)
 
 
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
+def _name(common_name: str, *organizations: str) -> x509.Name:
+    # The API server reads a client certificate's CN as the user name and each O as a group.
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if organization:
-        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
     return x509.Name(attributes)
 
 
@@ -47,7 +49,7 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurve
 
 
 def create_pki(directory: Path, service_ip: str) -> None:
-    """Writes ca.crt, apiserver.{crt,key}, admin.{crt,key}, sa.{key,pub} into directory."""
+    """Writes ca.{crt,key}, apiserver.{crt,key}, admin.{crt,key}, sa.{key,pub} into directory."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("nofx-local-ca")
@@ -71,24 +73,10 @@ def create_pki(directory: Path, service_ip: str) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     (directory / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-
-    def leaf(
-        stem: str,
-        subject: x509.Name,
-        usage: x509.ObjectIdentifier,
-        sans: list[x509.GeneralName] | None = None,
-    ) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = _builder(subject, ca_name, key.public_key()).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(directory / f"{stem}.key", key)
-
-    leaf(
+    # Kept (test clusters only) so that client_certificate can issue certificates later.
+    _write_key(directory / "ca.key", ca_key)
+    _leaf(
+        directory,
         "apiserver",
         _name("kube-apiserver"),
         ExtendedKeyUsageOID.SERVER_AUTH,
@@ -100,7 +88,7 @@ def create_pki(directory: Path, service_ip: str) -> None:
         ],
     )
     # O=system:masters: the admin identity that RBAC always allows.
-    leaf("admin", _name("nofx-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    client_certificate(directory, "admin", "nofx-admin", ["system:masters"])
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(directory / "sa.key", sa_key)
@@ -109,3 +97,30 @@ def create_pki(directory: Path, service_ip: str) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+
+
+def client_certificate(directory: Path, stem: str, user: str, groups: Sequence[str] = ()) -> None:
+    """Writes {stem}.{crt,key} into directory: a client certificate for `user` in `groups`,
+    signed by the CA that create_pki left there."""
+    _leaf(directory, stem, _name(user, *groups), ExtendedKeyUsageOID.CLIENT_AUTH)
+
+
+def _leaf(
+    directory: Path,
+    stem: str,
+    subject: x509.Name,
+    usage: x509.ObjectIdentifier,
+    sans: list[x509.GeneralName] | None = None,
+) -> None:
+    ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = _builder(subject, ca_cert.subject, key.public_key()).add_extension(
+        x509.ExtendedKeyUsage([usage]), critical=False
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(directory / f"{stem}.key", key)

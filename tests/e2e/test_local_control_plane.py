@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from kubernetes import client
 
+from nofx_dev.audit import AuditLog, Write
 from nofx_dev.controlplane import ControlPlane
 from nofx_dev.processes import pid_alive
 
@@ -185,3 +186,20 @@ def _processes_mentioning(text: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def test_audit_log_records_a_write_by_a_named_user(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    plane = ControlPlane(tmp_path_factory.mktemp("audited"), nodes=1, audit_log=True)
+    plane.start()
+    try:
+        log = AuditLog(plane.audit_log_path)
+        mark = log.mark()
+        someone = Kubectl(plane.kubeconfig_for("someone", groups=["system:masters"]))
+        someone("create", "configmap", "written", "-n", "default")
+        someone("get", "configmap", "written", "-n", "default")
+        writes = [w for w in log.read_since(mark) if w.user == "someone"]
+        assert writes == [Write("someone", "create", "configmaps", "default", 201)]
+    finally:
+        plane.stop()
