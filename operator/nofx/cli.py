@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from kubernetes.client.exceptions import ApiException
 
-from nofx import kube
+from nofx import kube, sample_agent
 from nofx.mirror.store import Store
 
 
@@ -109,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("-o", "--output", choices=["table", "json"], default="table")
     _database_options(usage)
     usage.set_defaults(handler=_usage)
+
+    sample = commands.add_parser(
+        "sample-agent", help="the sample Agents' stand-in: report declared outputs"
+    )
+    sample_agent.add_arguments(sample)
+    sample.set_defaults(handler=sample_agent.main)
 
     for kind in ("agent", "template"):
         command = commands.add_parser(kind, help=f"{kind} history")
