@@ -42,8 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         "--namespace", action="append", default=[], help="watch only this namespace (repeat)"
     )
     operator.add_argument("--kubeconfig", help="default: in-cluster, else KUBECONFIG")
-    operator.add_argument("--metrics-port", type=int, default=9090)
-    operator.add_argument("--health-port", type=int, default=8080)
+    operator.add_argument(
+        "--metrics-port", type=int, default=int(os.environ.get("NOFX_METRICS_PORT", 9090))
+    )
+    operator.add_argument(
+        "--health-port", type=int, default=int(os.environ.get("NOFX_HEALTH_PORT", 8080))
+    )
     operator.add_argument(
         "--standalone", action="store_true", help="no peering: only for a single replica"
     )
