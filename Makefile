@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 # Builds the pinned control-plane binaries on first use (minutes), then answers from the cache.
 TOOLS_BIN = $$(bash tools/build.sh)
 
-.PHONY: help venv tools dev-up dev-down test unit e2e chaos demo bench lint crds check-crds clean
+.PHONY: help venv tools dev-up dev-down dev-env test unit e2e chaos demo bench lint crds check-crds clean
 
 help:
 	@echo "make demo      run the local control plane and show it working"
 	@echo "make test      run every test (unit and end-to-end)"
 	@echo "make dev-up    start a local control plane and Postgres in the background"
+	@echo "make dev-env   their environment: eval \"\$$(make -s dev-env)\""
 	@echo "make dev-down  stop them"
 	@echo "make chaos     the crash test at twice its scale (300 Runs, 40 operator kills)"
 	@echo "make bench     latency and throughput figures (bench/summary.md)"
@@ -33,6 +34,11 @@ dev-up: venv
 
 dev-down: venv
 	@$(PY) -m nofx_dev down
+
+# The environment of `make dev-up`, for eval "$$(make -s dev-env)": KUBECONFIG, NOFX_DATABASE_URL,
+# the operator's ports, and kubectl and nofx on PATH.
+dev-env: venv
+	@$(PY) -m nofx_dev env
 
 test: venv
 	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m pytest

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from kubernetes.client.exceptions import ApiException
 
-from nofx import kube
+from nofx import kube, sample_agent
 from nofx.mirror.store import Store
 
 
@@ -42,8 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         "--namespace", action="append", default=[], help="watch only this namespace (repeat)"
     )
     operator.add_argument("--kubeconfig", help="default: in-cluster, else KUBECONFIG")
-    operator.add_argument("--metrics-port", type=int, default=9090)
-    operator.add_argument("--health-port", type=int, default=8080)
+    operator.add_argument(
+        "--metrics-port", type=int, default=int(os.environ.get("NOFX_METRICS_PORT", 9090))
+    )
+    operator.add_argument(
+        "--health-port", type=int, default=int(os.environ.get("NOFX_HEALTH_PORT", 8080))
+    )
     operator.add_argument(
         "--standalone", action="store_true", help="no peering: only for a single replica"
     )
@@ -109,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("-o", "--output", choices=["table", "json"], default="table")
     _database_options(usage)
     usage.set_defaults(handler=_usage)
+
+    sample = commands.add_parser(
+        "sample-agent", help="the sample Agents' stand-in: report declared outputs"
+    )
+    sample_agent.add_arguments(sample)
+    sample.set_defaults(handler=sample_agent.main)
 
     for kind in ("agent", "template"):
         command = commands.add_parser(kind, help=f"{kind} history")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from nofx_dev.controlplane import ControlPlane
 from nofx_dev.postgres import PostgresServer
-from nofx_dev.processes import pid_alive, wait_until
+from nofx_dev.processes import free_port, pid_alive, wait_until
+from nofx_dev.tools import tools_bin_dir
 
 DEFAULT_STATE_DIR = Path(os.environ.get("NOFX_DEV_DIR", "/tmp/nofx-dev"))
 
@@ -39,6 +40,18 @@ def _running_pid(state_dir: Path) -> int | None:
     return pid if pid_alive(pid) else None
 
 
+def environment(control_plane: ControlPlane, postgres: PostgresServer) -> str:
+    """What `eval "$(make -s dev-env)"` sets: the cluster, the database, free ports for
+    `nofx operator`, and `kubectl` (the pinned one) and `nofx` (the checkout's) on PATH."""
+    path = f"{tools_bin_dir()}:{Path(sys.executable).parent}"
+    return (
+        f"export KUBECONFIG={control_plane.kubeconfig}\n"
+        f"export NOFX_DATABASE_URL={postgres.dsn}\n"
+        f"export NOFX_METRICS_PORT={free_port()} NOFX_HEALTH_PORT={free_port()}\n"
+        f'export PATH="{path}:$PATH"\n'
+    )
+
+
 def serve(state_dir: Path) -> None:
     """Runs in the foreground until SIGTERM or SIGINT, then stops everything in order."""
     stop = threading.Event()
@@ -52,10 +65,7 @@ def serve(state_dir: Path) -> None:
         # One after the other, from this thread: children die with the thread that started them.
         postgres.start()
         control_plane.start()
-        _env_file(state_dir).write_text(
-            f"export KUBECONFIG={control_plane.kubeconfig}\n"
-            f"export NOFX_DATABASE_URL={postgres.dsn}\n"
-        )
+        _env_file(state_dir).write_text(environment(control_plane, postgres))
         print(
             f"control plane ready in {control_plane.startup_seconds:.1f} s, everything in "
             f"{time.monotonic() - started:.1f} s",
@@ -91,6 +101,7 @@ def up(state_dir: Path, timeout: float) -> int:
         wait_until(ready, timeout, "the local control plane and Postgres")
         print((state_dir / "supervisor.log").read_text().strip())
     print(f"# logs: {state_dir}/logs; stop with: make dev-down")
+    print('# in each terminal: eval "$(make -s dev-env)"')
     print(_env_file(state_dir).read_text().strip())
     return 0
 

@@ -1,7 +1,8 @@
 """`make demo`: the real control plane on loopback, the CRDs, the operator, and the samples.
 
-The sample Agents' images do not exist here: kwok plays the kubelet, so each Agent gets Pod
-annotations that tell kwok how long its steps run and what they report (their outputs).
+kwok plays the kubelet and runs no container, so the samples are applied with the overlay
+`manifests/samples/local`: each sample Agent gets the Pod annotations that tell kwok how long its
+steps run and what they report (the outputs its Agent declares to `nofx sample-agent`).
 """
 
 from __future__ import annotations
@@ -16,20 +17,11 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-
 from nofx_dev.controlplane import ControlPlane
 from nofx_dev.processes import ManagedProcess, free_port, wait_until
 from nofx_dev.tools import REPO_ROOT, tool_path
 
 DEMO_RUN = "dag-dark-mode"
-# What each sample Agent "reports" when its step finishes: the termination message kwok writes.
-SIMULATED_OUTPUTS = {
-    "planner": {"plan": "1. API flag 2. CSS variables 3. docs", "task": "dark mode"},
-    "coder": {"branch": "feature/dark-mode", "summary": "implemented"},
-    "reviewer": {"comments": "LGTM", "verdict": "approved"},
-    "pr-opener": {"url": "https://example.invalid/pr/1"},
-}
 
 
 class Demo:
@@ -43,6 +35,7 @@ class Demo:
         result = subprocess.run(
             [str(tool_path("kubectl")), "--kubeconfig", str(self.plane.kubeconfig), *args],
             input=stdin,
+            cwd=REPO_ROOT,  # paths as a person in the checkout types them
             text=True,
             capture_output=True,
             check=False,
@@ -95,21 +88,9 @@ class Demo:
         return True
 
     def run_samples(self) -> None:
-        samples = REPO_ROOT / "manifests" / "samples"
-        self.kubectl("apply", "-f", str(samples / "prerequisites.yaml"))
-        # Applied with the kwok annotations already in, so no Run pins an Agent without them.
-        agents = list(yaml.safe_load_all((samples / "agents.yaml").read_text()))
-        for agent in agents:
-            annotations = agent["spec"].setdefault("podAnnotations", {})
-            annotations["kwok.nofx.dev/duration"] = "1s"
-            annotations["kwok.nofx.dev/message"] = json.dumps(
-                SIMULATED_OUTPUTS[agent["metadata"]["name"]]
-            )
-        print("$ kubectl apply -f manifests/samples/agents.yaml  # plus kwok annotations: each")
-        print("#   step takes 1 s and reports the sample outputs of its Agent")
-        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(agents), show=False)
-        self.kubectl("apply", "-f", str(samples / "templates.yaml"))
-        self.kubectl("apply", "-f", str(samples / "runs.yaml"))
+        # Agents, Templates and Runs in one apply: a Run whose Template or Agent comes a moment
+        # later waits for it. The Agents carry their kwok annotations from the start.
+        self.kubectl("apply", "-k", "manifests/samples/local")
         print()
         self.kubectl("wait", f"run/{DEMO_RUN}", "--for=condition=Succeeded", "--timeout=120s")
         print()

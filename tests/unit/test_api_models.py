@@ -22,7 +22,7 @@ def load_samples() -> list[dict[str, Any]]:
     """The sample Agents, Templates and Runs (prerequisites.yaml holds core objects)."""
     return [
         doc
-        for path in sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
+        for path in sorted((ROOT / "manifests" / "samples" / "base").glob("*.yaml"))
         for doc in yaml.safe_load_all(path.read_text())
         if doc and doc.get("apiVersion", "").startswith("nofx.dev/")
     ]

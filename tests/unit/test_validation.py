@@ -279,7 +279,7 @@ def test_spec_hash_is_canonical() -> None:
 
 
 def sample_docs(kind: str) -> list[dict[str, Any]]:
-    text = (ROOT / "manifests" / "samples" / f"{kind.lower()}s.yaml").read_text()
+    text = (ROOT / "manifests" / "samples" / "base" / f"{kind.lower()}s.yaml").read_text()
     return [doc for doc in yaml.safe_load_all(text) if doc and doc["kind"] == kind]
 
 
