@@ -19,7 +19,9 @@ def test_every_sample_applies_and_kubectl_get_nofx_lists_them(
     crds: None, kubectl: Kubectl, namespace: str
 ) -> None:
     for sample in ("prerequisites.yaml", "agents.yaml", "templates.yaml", "runs.yaml"):
-        kubectl("create", "-n", namespace, "-f", str(REPO / "manifests" / "samples" / "base" / sample))
+        kubectl(
+            "create", "-n", namespace, "-f", str(REPO / "manifests" / "samples" / "base" / sample)
+        )
     listed = kubectl("get", "nofx", "-n", namespace, "-o", "name").split()
     kinds = {name.split("/")[0] for name in listed}
     assert kinds == {"agent.nofx.dev", "template.nofx.dev", "run.nofx.dev"}
