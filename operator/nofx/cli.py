@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from kubernetes.client.exceptions import ApiException
 
 from nofx import kube, sample_agent
+from nofx.api_errors import Conflict
 from nofx.mirror.store import Store
 
 
@@ -300,7 +301,7 @@ def _rollback(args: argparse.Namespace) -> int:
         raise CliError(
             f"{args.kind} {args.namespace}/{args.name} not found in the cluster"
         ) from error
-    except kube.Conflict as error:
+    except Conflict as error:
         raise CliError(f"{args.kind} {args.name} changed meanwhile; try again") from error
     print(f"{args.kind}.nofx.dev/{args.name} rolled back to version {args.to}")
     return 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,46 +13,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from nofx.api.common import GROUP, VERSION
+from nofx.api_errors import Conflict, rejected
+from nofx.own_writes import OwnWrites
 
 log = logging.getLogger(__name__)
-
-
-class Conflict(Exception):
-    """The object changed since it was read; read it again and decide again."""
-
-
-class Rejected(Exception):
-    """The API server refused a write as invalid, forbidden or too large: sending it again
-    would only be refused again. The message is the server's own."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-    @property
-    def too_large(self) -> bool:
-        return self.status == 413 or "too large" in self.message or "Too many" in self.message
-
-
-# 400 Bad Request, 403 Forbidden (RBAC, admission policies, quota), 413, 422 Invalid.
-_REFUSALS = frozenset({400, 403, 413, 422})
-
-
-def _rejected(error: ApiException) -> Rejected | None:
-    """The Rejected an API error stands for, if it is one. etcd's own size limit comes back as
-    a 500 whose message says so."""
-    message = _server_message(error)
-    if error.status in _REFUSALS or (error.status == 500 and "request is too large" in message):
-        return Rejected(error.status or 0, message)
-    return None
-
-
-def _server_message(error: ApiException) -> str:
-    try:
-        return str(json.loads(error.body or "")["message"])
-    except (ValueError, KeyError, TypeError):
-        return str(error.reason or error)
 
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
@@ -66,42 +29,6 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     # Reconciles run in parallel threads; each needs a connection without waiting for another.
     configuration.connection_pool_maxsize = 32
     return client.ApiClient(configuration)
-
-
-class OwnWrites:
-    """resourceVersions this process wrote whose watch events have not come back yet. Such an
-    event only echoes a write whose effects the writer knew: reconciling it again would only
-    cost (an API read, often a conflict)."""
-
-    KEEP = 8  # per object: Kopf may batch several quick events into the last one
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._versions: dict[tuple[str, str, str], list[str]] = {}
-
-    def add(self, plural: str, stored: dict[str, Any]) -> None:
-        """Records a write, given the object as stored."""
-        metadata = stored["metadata"]
-        with self._lock:
-            versions = self._versions.setdefault(
-                (plural, metadata["namespace"], metadata["name"]), []
-            )
-            versions.append(metadata["resourceVersion"])
-            del versions[: -self.KEEP]
-
-    def is_echo(self, plural: str, namespace: str, name: str, resource_version: str) -> bool:
-        """True once for each version we wrote. Events come in order, so the writes before it
-        will never be seen again (Kopf skipped them, or they came already)."""
-        with self._lock:
-            versions = self._versions.get((plural, namespace, name)) or []
-            if resource_version not in versions:
-                return False
-            del versions[: versions.index(resource_version) + 1]
-            return True
-
-    def forget(self, plural: str, namespace: str, name: str) -> None:
-        with self._lock:
-            self._versions.pop((plural, namespace, name), None)
 
 
 class Kube:
@@ -202,7 +129,7 @@ class Kube:
                 return None
             if error.status == 409:
                 raise Conflict(f"{plural}/{name} changed") from error
-            raise _rejected(error) or error from error
+            raise rejected(error) or error from error
         return result
 
     def create(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
@@ -213,7 +140,7 @@ class Kube:
         except ApiException as error:
             if error.status == 409:
                 return False
-            raise _rejected(error) or error from error
+            raise rejected(error) or error from error
         return True
 
     def patch_spec(self, plural: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
@@ -300,7 +227,7 @@ class Kube:
         except ApiException as error:
             if error.status == 409:
                 return False
-            raise _rejected(error) or error from error
+            raise rejected(error) or error from error
         return True
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:

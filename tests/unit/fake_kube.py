@@ -11,7 +11,8 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from nofx.kube import Conflict, OwnWrites, Rejected
+from nofx.api_errors import Conflict, Rejected
+from nofx.own_writes import OwnWrites
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

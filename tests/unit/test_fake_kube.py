@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nofx.kube import Conflict, Rejected
+from nofx.api_errors import Conflict, Rejected
 from tests.unit.fake_kube import FakeKube, merge_patch
 
 

@@ -14,11 +14,12 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from nofx.kube import Conflict, OwnWrites
+from nofx.api_errors import Conflict
 from nofx.mirror.errors import Rejected
 from nofx.mirror.folding import ACK_AFTER
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.writer import MirrorWriter
+from nofx.own_writes import OwnWrites
 
 POISON = "poison"  # the fake Postgres refuses any row holding this
 

@@ -6,9 +6,9 @@ from typing import Any, cast
 
 import pytest
 
-from nofx.kube import OwnWrites
 from nofx.mirror.folding import StoredEntries
 from nofx.mirror.writer import MirrorWriter
+from nofx.own_writes import OwnWrites
 from nofx.reconcilers.apply import AUDIT_FINALIZER
 from tests.unit.run_harness import KEY, Harness, step
 

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from urllib3.exceptions import MaxRetryError, ProtocolError
 
 from nofx.api.reasons import Reason
-from nofx.kube import Conflict, Rejected
+from nofx.api_errors import Conflict, Rejected
 from nofx.reconcilers.errors import is_transient
 from nofx.reconcilers.run_reconciler import MAX_CONFLICT_RETRIES
 from tests.unit.builders import condition

@@ -16,7 +16,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError, ProtocolError
 
-from nofx.kube import Conflict
+from nofx.api_errors import Conflict
 from nofx.reconcilers.errors import failures_before_showing, is_transient
 from nofx.reconcilers.run_reconciler import RunKey, RunReconciler
 from nofx.reconcilers.waiters import Waiters

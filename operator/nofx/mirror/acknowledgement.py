@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from nofx.kube import Conflict, Kube
+from nofx.api_errors import Conflict
+from nofx.kube import Kube
 from nofx.mirror import outbox
 from nofx.mirror.run_body import RunKey
 

@@ -14,10 +14,11 @@ from nofx import metrics
 from nofx.api.common import API_VERSION
 from nofx.api.reasons import Reason
 from nofx.api.run import RunStatus
+from nofx.api_errors import Rejected
 from nofx.builders.child_run import build_child_run
 from nofx.builders.job import RunRef, build_job
 from nofx.changes import Transition, transitions
-from nofx.kube import Kube, Rejected
+from nofx.kube import Kube
 from nofx.mirror import outbox
 from nofx.mirror.writer import MirrorWriter
 from nofx.planner.facts import ChildRunObservation, Decision, JobObservation, JobRequest, RunView

@@ -8,7 +8,7 @@ import http.client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from nofx.kube import Conflict
+from nofx.api_errors import Conflict
 
 # Statuses of an API server that is restarting, overloaded or unreachable through a proxy.
 _TRANSIENT_STATUSES = frozenset({0, 408, 429, 500, 502, 503, 504})

@@ -24,8 +24,9 @@ from pydantic import ValidationError
 from nofx import metrics
 from nofx.api.reasons import Reason
 from nofx.api.run import TERMINAL_RUN_PHASES, RunSpec, RunStatus
+from nofx.api_errors import Conflict
 from nofx.builders.labels import label_value
-from nofx.kube import Conflict, Kube
+from nofx.kube import Kube
 from nofx.mirror.writer import MirrorWriter
 from nofx.planner.conditions import reconcile_error
 from nofx.planner.decide import decide
