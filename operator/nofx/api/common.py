@@ -17,7 +17,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # Condition types and reasons the operator writes; users `kubectl wait --for=condition=...`.
 READY = "Ready"
 SUCCEEDED = "Succeeded"
-AGENT_MISSING = "AgentMissing"
 
 # Bounds keep objects small (etcd refuses objects over 1.5 MB) and let the API server estimate the
 # cost of every CEL rule, which it refuses to install without them.

@@ -7,6 +7,10 @@ from enum import StrEnum
 class Reason(StrEnum):
     # The Run could not start, or stopped, because of its own spec or status.
     INVALID_PLAN = "InvalidPlan"  # the plan cannot run (cycle, too large, bad reference)
+    # The Run waits (Pending) for something to exist or to become valid.
+    TEMPLATE_MISSING = "TemplateMissing"
+    TEMPLATE_INVALID = "TemplateInvalid"
+    AGENT_MISSING = "AgentMissing"
     INVALID_SPEC = "InvalidSpec"  # the spec does not validate (should have been refused)
     INCONSISTENT_STATUS = "InconsistentStatus"  # status edited by someone else than the operator
     STATUS_TOO_LARGE = "StatusTooLarge"  # the API server refused the status as too large

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from nofx.api.agent import AgentSpec
 from nofx.api.common import READY, SUCCEEDED
+from nofx.api.reasons import Reason
 from nofx.api.run import (
     Pinned,
     PinnedAgent,
@@ -37,9 +38,10 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
         decision.waiting_for.add(("Template", str(template_name)))
         if world.template_invalid:
             message = f"Template {template_name} is invalid (see its Ready condition)"
-            pending(status, world.now, "TemplateInvalid", message)
+            pending(status, world.now, Reason.TEMPLATE_INVALID, message)
         else:
-            pending(status, world.now, "TemplateMissing", f"Template {template_name} not found")
+            message = f"Template {template_name} not found"
+            pending(status, world.now, Reason.TEMPLATE_MISSING, message)
         return False
     if spec.timeout:
         plan = plan.model_copy(update={"timeout": spec.timeout})
@@ -54,15 +56,15 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     if cycle:
         problems.append(f"child Runs would start each other without end: {' → '.join(cycle)}")
     if problems:
-        finish(status, world.now, "Failed", "InvalidPlan", "; ".join(problems))
-        set_condition(status, READY, "False", "InvalidPlan", "; ".join(problems), world.now)
+        finish(status, world.now, "Failed", Reason.INVALID_PLAN, "; ".join(problems))
+        set_condition(status, READY, "False", Reason.INVALID_PLAN, "; ".join(problems), world.now)
         return False
 
     for child_template, step_name in child_templates(plan).items():
         if child_template not in world.templates or world.templates[child_template] is None:
             decision.waiting_for.add(("Template", child_template))
             state = "invalid" if child_template in world.templates else "not found"
-            reason = "TemplateInvalid" if child_template in world.templates else "TemplateMissing"
+            reason = Reason.TEMPLATE_INVALID if state == "invalid" else Reason.TEMPLATE_MISSING
             message = f"Template {child_template} of step {step_name} (childRun) {state}"
             pending(status, world.now, reason, message)
             return False
@@ -71,7 +73,7 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     if missing:
         for name in missing:
             decision.waiting_for.add(("Agent", name))
-        pending(status, world.now, "AgentMissing", "; ".join(missing.values()))
+        pending(status, world.now, Reason.AGENT_MISSING, "; ".join(missing.values()))
         return False
 
     status.pinned = Pinned(

@@ -11,6 +11,7 @@ import kopf
 from pydantic import ValidationError
 
 from nofx.api.common import GROUP, VERSION
+from nofx.api.reasons import Reason
 from nofx.api.template import TemplateSpec
 from nofx.kube import Kube
 from nofx.mirror.registry import offer_registry_event
@@ -62,11 +63,12 @@ def update_status(kube: Kube, body: dict[str, Any], agents: dict[str, Any]) -> N
         for step in [*spec.steps, *(spec.finally_ or [])]
         if not step.child_run and agent_for(step, agents) is None
     ]
+    reason: str
     if problems:
-        ready, reason, message = False, "InvalidPlan", "; ".join(problems)
+        ready, reason, message = False, Reason.INVALID_PLAN, "; ".join(problems)
     elif missing:
         names = ", ".join(sorted(set(missing)))
-        ready, reason, message = False, "AgentMissing", f"Agent not found: {names}"
+        ready, reason, message = False, Reason.AGENT_MISSING, f"Agent not found: {names}"
     else:
         ready, reason, message = True, "Valid", "the template can run"
     status_patch.apply(
