@@ -16,7 +16,7 @@ help:
 	@echo "make chaos     the crash test at twice its scale (300 Runs, 40 operator kills)"
 	@echo "make bench     latency and throughput figures (bench/summary.md)"
 	@echo "make lint      ruff and mypy"
-	@echo "make crds      regenerate crds/ from the API types"
+	@echo "make crds      regenerate crds/ from the API types, copy policies/ into the chart"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,11 +71,13 @@ crds: venv
 	$(PY) -m nofx.api.crdgen --out crds
 	$(PY) -m nofx.api.crdgen --out charts/nofx/crds
 	$(PY) -m nofx.api.crdgen --out manifests/kustomize/base/crds
+	find policies -name '*.yaml' ! -name kustomization.yaml -exec cp {} charts/nofx/files/policies/ \;
 
 check-crds: venv
 	$(PY) -m nofx.api.crdgen --check crds
 	$(PY) -m nofx.api.crdgen --check charts/nofx/crds
 	$(PY) -m nofx.api.crdgen --check manifests/kustomize/base/crds
+	diff -r -x kustomization.yaml policies charts/nofx/files/policies
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -248,14 +248,23 @@ def _audit_with(store: Store, args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(events, default=str, indent=2))
         return 0
-    print(f"{'SEQ':>4}  {'TIME':<26} {'REASON':<15} {'STEP':<16} MESSAGE")
+    print(f"{'SEQ':>4}  {'TIME':<26} {'REASON':<15} {'STEP':<16} {'ACTOR':<24} MESSAGE")
     for event in events:
         step = event["step"] or ""
         if event["item_index"] is not None:
             step += f"[{event['item_index']}]"
         at = event["at"].isoformat(timespec="milliseconds")
-        print(f"{event['seq']:>4}  {at:<26} {event['reason']:<15} {step:<16} {event['message']}")
+        actor = _actor(event["actor"])
+        print(
+            f"{event['seq']:>4}  {at:<26} {event['reason']:<15} {step:<16} {actor:<24} "
+            f"{event['message']}"
+        )
     return 0
+
+
+def _actor(actor: str | None) -> str:
+    """Unknown where no identity policy stamped the user (see nofx.api.identity)."""
+    return actor or "(unknown)"
 
 
 def _usage(args: argparse.Namespace) -> int:
@@ -281,9 +290,10 @@ def _history(args: argparse.Namespace) -> int:
         versions = store.versions(args.kind.capitalize(), args.namespace, args.name)
     if not versions:
         raise CliError(f"no recorded versions of {args.kind} {args.namespace}/{args.name}")
-    print(f"{'VERSION':>7}  {'RECORDED':<26} SPEC HASH")
-    for version, spec_hash, at, _spec in versions:
-        print(f"{version:>7}  {at.isoformat(timespec='seconds'):<26} {spec_hash[:16]}")
+    print(f"{'VERSION':>7}  {'RECORDED':<26} {'SPEC HASH':<17} CHANGED BY")
+    for stored in versions:
+        at = stored.at.isoformat(timespec="seconds")
+        print(f"{stored.version:>7}  {at:<26} {stored.spec_hash[:16]:<17} {_actor(stored.actor)}")
     return 0
 
 
@@ -294,7 +304,7 @@ def _rollback(args: argparse.Namespace) -> int:
     if args.to not in versions:
         known = ", ".join(str(v) for v in sorted(versions)) or "none"
         raise CliError(f"{args.kind} {args.name} has no version {args.to} (versions: {known})")
-    spec = versions[args.to][3]
+    spec = versions[args.to].spec
     try:
         _client(args).replace_spec(f"{args.kind}s", args.namespace, args.name, spec)
     except LookupError as error:

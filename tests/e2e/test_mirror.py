@@ -317,8 +317,8 @@ def test_nul_is_stored_faithfully_in_audit_events_and_agent_specs(mirrored: Mirr
         30, "the Agent's version in Postgres", interval=0.5,
     )  # fmt: skip
     with Store(mirrored.postgres.dsn, REGION) as store:
-        [(_, _, _, spec)] = store.versions("Agent", namespace, "echo")
-    assert spec["description"] == "before\x00after"
+        [stored] = store.versions("Agent", namespace, "echo")
+    assert stored.spec["description"] == "before\x00after"
 
 
 def test_a_run_postgres_refuses_is_held_back_and_reported_while_others_flow(

@@ -209,7 +209,8 @@ def test_nul_is_stored_escaped_read_back_faithfully_and_verifies(store: Store, d
     version = SpecVersion("Agent", "team-a", "coder", "a1", spec, "h1", T0, "alice")
     assert store.record_version(version) == 1
     assert store.record_version(version) is None  # the same spec is recognised
-    assert store.versions("Agent", "team-a", "coder")[0][3] == spec
+    [stored] = store.versions("Agent", "team-a", "coder")
+    assert (stored.spec, stored.actor) == (spec, "alice")
     assert store.verify() == []
 
 
@@ -325,7 +326,8 @@ def test_spec_versions_deletions_and_re_creation(store: Store) -> None:
     assert store.record_version(v2) == 2
     assert store.record_version(v2) is None
     assert store.record_version(version({"steps": ["a"]}, minutes=2)) == 3  # a rollback
-    assert [(n, h, spec) for n, h, _, spec in store.versions("Template", "team-a", "ship")] == [
+    stored = store.versions("Template", "team-a", "ship")
+    assert [(v.version, v.spec_hash, v.spec) for v in stored] == [
         (1, v1.spec_hash, {"steps": ["a"]}),
         (2, v2.spec_hash, {"steps": ["a", "b"]}),
         (3, v1.spec_hash, {"steps": ["a"]}),

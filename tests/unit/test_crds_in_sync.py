@@ -34,3 +34,10 @@ def test_check_fails_with_a_diff_after_a_hand_edit(
     message = capsys.readouterr().err
     assert "-    - nxrun\n" in message and "+    - nxr\n" in message
     assert "run `make crds`" in message
+
+
+def test_the_chart_ships_the_admission_policies_of_policies_folder() -> None:
+    source = {p.name: p.read_text() for p in (ROOT / "policies").glob("*.yaml")}
+    source.pop("kustomization.yaml")
+    copies = {p.name: p.read_text() for p in (ROOT / "charts/nofx/files/policies").glob("*.yaml")}
+    assert copies == source, "charts/nofx/files/policies differs from policies/: run `make crds`"

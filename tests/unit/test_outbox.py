@@ -35,8 +35,9 @@ def test_events_are_numbered_per_run_across_reconciles() -> None:
         [change("a", "Running", "StepStarted"), change(None, "Running", "RunRunning")],
         [],
         NOW,
+        {},
     )
-    outbox.record(status, [change("a", "Succeeded", "StepSucceeded")], [attempt("a", 1)], NOW)
+    outbox.record(status, [change("a", "Succeeded", "StepSucceeded")], [attempt("a", 1)], NOW, {})
     assert status.audit is not None and status.audit.next_seq == 4
     pending = status.audit.pending or []
     assert [e.get("seq") for e in pending] == [1, 2, 3, None]
@@ -45,22 +46,22 @@ def test_events_are_numbered_per_run_across_reconciles() -> None:
 
 def test_nothing_happened_adds_nothing() -> None:
     status = RunStatus()
-    outbox.record(status, [], [], NOW)
+    outbox.record(status, [], [], NOW, {})
     assert status.audit is None
 
 
 def test_acknowledge_keeps_entries_added_after_the_write() -> None:
     status = RunStatus()
-    outbox.record(status, [change("a", "Running", "StepStarted")], [attempt("a", 1)], NOW)
+    outbox.record(status, [change("a", "Running", "StepStarted")], [attempt("a", 1)], NOW, {})
     written = {outbox.entry_key(e) for e in status.audit.pending or []}  # type: ignore[union-attr]
-    outbox.record(status, [change("a", "Succeeded", "StepSucceeded")], [], NOW)
+    outbox.record(status, [change("a", "Succeeded", "StepSucceeded")], [], NOW, {})
     remaining = outbox.acknowledge(status.audit.pending or [], written)  # type: ignore[union-attr]
     assert [(e["type"], e.get("seq")) for e in remaining] == [("event", 2)]
 
 
 def test_entries_become_store_records() -> None:
     status = RunStatus()
-    outbox.record(status, [change("a", "Running", "StepStarted")], [attempt("a", 1)], NOW)
+    outbox.record(status, [change("a", "Running", "StepStarted")], [attempt("a", 1)], NOW, {})
     events, usage = outbox.to_records(BODY, status.audit.pending or [])  # type: ignore[union-attr]
     [event] = events
     assert (event.stream, event.seq, event.reason, event.step, event.at) == (
@@ -70,3 +71,29 @@ def test_entries_become_store_records() -> None:
     assert (record.account, record.agent, record.cost, record.cpu_request, record.outcome) == (
         "acme", "coder", Decimal("0.025"), "500m", "Succeeded",
     )  # fmt: skip
+
+
+STAMPED = {"annotations": {"nofx.dev/created-by": "alice", "nofx.dev/changed-by": "bob"}}
+
+
+def actors(*changes: Transition, metadata: dict[str, object] = STAMPED) -> list[object]:
+    status = RunStatus()
+    outbox.record(status, changes, [], NOW, metadata)
+    return [entry["actor"] for entry in status.audit.pending or []]  # type: ignore[union-attr]
+
+
+def test_the_runs_start_is_its_creators_doing_and_steps_the_operators() -> None:
+    started = [change("a", "Running", "StepStarted"), change(None, "Running", "RunRunning")]
+    assert actors(*started) == ["nofx-operator", "alice"]
+
+
+def test_a_cancellation_is_the_doing_of_whoever_last_changed_the_spec() -> None:
+    cancelled = Transition(None, None, None, "Running", "Cancelled", "RunCancelled", "cancelled")
+    assert actors(cancelled) == ["bob"]
+    finished = Transition(None, None, None, "Running", "Succeeded", "RunSucceeded", "done")
+    assert actors(finished) == ["nofx-operator"]
+
+
+def test_without_the_identity_policy_the_creator_is_unknown_not_guessed() -> None:
+    unstamped = {"managedFields": [{"manager": "kubectl", "operation": "Update"}]}
+    assert actors(change(None, "Running", "RunRunning"), metadata=unstamped) == [None]

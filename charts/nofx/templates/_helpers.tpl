@@ -85,3 +85,8 @@ capabilities:
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
+
+{{/* Whether the cluster serves MutatingAdmissionPolicy v1 (Kubernetes 1.36 and later). */}}
+{{- define "nofx.servesMutatingPolicies" -}}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy" }}true{{ end }}
+{{- end }}

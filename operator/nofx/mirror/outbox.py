@@ -8,11 +8,12 @@ So nothing is lost when the operator dies or Postgres is down, and nothing is wr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from nofx.api.identity import changed_by, created_by
 from nofx.api.run import AuditOutbox, RunStatus
 from nofx.changes import AttemptFinished, Transition
 from nofx.mirror.chain import stream_name
@@ -36,9 +37,9 @@ def record(
     changes: Iterable[Transition],
     attempts: Iterable[AttemptFinished],
     now: datetime,
-    actor: str = OPERATOR_ACTOR,
+    metadata: Mapping[str, Any],
 ) -> None:
-    """Appends what happened to the status' outbox."""
+    """Appends what happened to the status' outbox (metadata: the Run's, for the actors)."""
     pending = list(status.audit.pending or []) if status.audit else []
     seq = status.audit.next_seq if status.audit else 1
     for change in changes:
@@ -54,7 +55,7 @@ def record(
                 "attempt": change.attempt,
                 "from": change.from_phase,
                 "to": change.to_phase,
-                "actor": actor,
+                "actor": actor_of(change, metadata),
             }
         )
         seq += 1
@@ -79,6 +80,17 @@ def record(
         )
     if pending or status.audit is not None:
         status.audit = AuditOutbox.model_validate({"nextSeq": seq, "pending": pending or None})
+
+
+def actor_of(change: Transition, metadata: Mapping[str, Any]) -> str | None:
+    """Who made a transition happen. A Run's start is the doing of its creator, its
+    cancellation the doing of whoever last changed its spec (both as the API server
+    authenticated them; None: unknown). Everything else the operator decided."""
+    if change.step is None and change.from_phase is None:
+        return created_by(metadata)
+    if change.step is None and change.to_phase == "Cancelled":
+        return changed_by(metadata)
+    return OPERATOR_ACTOR
 
 
 def entry_key(entry: dict[str, Any]) -> tuple[Any, ...]:

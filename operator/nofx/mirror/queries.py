@@ -8,25 +8,36 @@ every region of a global database.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import dict_row
 
-from nofx.mirror.escaping import escape, unescape_json, unescape_row
+from nofx.mirror.escaping import escape, unescape, unescape_json, unescape_row
+
+
+class StoredVersion(NamedTuple):
+    version: int
+    spec_hash: str
+    at: datetime
+    spec: dict[str, Any]
+    actor: str | None  # who changed the spec, as the API server authenticated them
 
 
 def versions(
     conn: psycopg.Connection[Any], region: str, kind: str, namespace: str, name: str
-) -> list[tuple[int, str, datetime, dict[str, Any]]]:
-    """(version, spec_hash, at, spec) of every stored spec of the object, oldest first."""
+) -> list[StoredVersion]:
+    """Every stored spec of the object, oldest first."""
     rows = conn.execute(
-        "SELECT version, spec_hash, at, spec FROM spec_versions"
+        "SELECT version, spec_hash, at, spec, actor FROM spec_versions"
         " WHERE region = %s AND kind = %s AND namespace = %s AND name = %s"
         " ORDER BY version",
         (region, kind, namespace, name),
     ).fetchall()
-    return [(version, spec_hash, at, unescape_json(spec)) for version, spec_hash, at, spec in rows]
+    return [
+        StoredVersion(version, spec_hash, at, unescape_json(spec), actor and unescape(actor))
+        for version, spec_hash, at, spec, actor in rows
+    ]
 
 
 def timeline(

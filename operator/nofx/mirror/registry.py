@@ -6,19 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from nofx.api.identity import changed_by
 from nofx.mirror import report
 from nofx.mirror.records import Deletion, SpecVersion
 from nofx.mirror.writer import MirrorWriter
-
-
-def last_manager(body: dict[str, Any]) -> str | None:
-    """Who last wrote the object, as far as the API server knows (field managers)."""
-    fields = body["metadata"].get("managedFields") or []
-    writes = [
-        f for f in fields if f.get("operation") in ("Apply", "Update") and not f.get("subresource")
-    ]
-    latest = max(writes, key=lambda f: f.get("time") or "", default=None)
-    return latest.get("manager") if latest else None
 
 
 def offer_registry_event(
@@ -41,7 +32,7 @@ def offer_registry_event(
                 metadata["name"],
                 metadata["uid"],
                 now,
-                last_manager(body),
+                None,  # a DELETE is not stamped: who deleted it is in the API server's audit log
             )
         )
     elif spec_hash is not None:
@@ -54,7 +45,7 @@ def offer_registry_event(
                 spec=dict(body.get("spec") or {}),
                 spec_hash=spec_hash,
                 at=now,
-                actor=last_manager(body),
+                actor=changed_by(metadata),
             ),
             was_rejected=report.was_rejected(body),
         )

@@ -181,10 +181,8 @@ class Store:
 
     # --- reads (queries.py, verify.py) ---
 
-    def versions(
-        self, kind: str, namespace: str, name: str
-    ) -> list[tuple[int, str, datetime, dict[str, Any]]]:
-        """(version, spec_hash, at, spec) of every stored spec of the object, oldest first."""
+    def versions(self, kind: str, namespace: str, name: str) -> list[queries.StoredVersion]:
+        """Every stored spec of the object, oldest first."""
         with self._connection() as conn:
             return queries.versions(conn, self.region, kind, namespace, name)
 

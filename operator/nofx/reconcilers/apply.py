@@ -84,7 +84,13 @@ def apply(
     changes = transitions(run.status, decision.status)
     stored_keys: set[Any] = set()
     if mirror is not None:
-        outbox.record(decision.status, changes, decision.finished_attempts, datetime.now(UTC))
+        outbox.record(
+            decision.status,
+            changes,
+            decision.finished_attempts,
+            datetime.now(UTC),
+            body["metadata"],
+        )
         # What the mirror stored since goes in this same write (no acknowledgement of its own).
         stored_keys = mirror.stored.keys(key, run.uid)
         audit = decision.status.audit

@@ -1,0 +1,148 @@
+"""Tenancy and identity on the real control plane with the chart's admission policies
+(policies/): the audit trail names the user the API server authenticated, whatever a client
+writes. Tenants are users with client certificates of their own and a namespaced Role."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from nofx.api.identity import CHANGED_BY, CREATED_BY
+from nofx_dev.processes import wait_until
+
+from ..conftest import Kubectl
+from .conftest import REPO, wait_for_phase
+from .objects import agent, apply, run, step, template
+from .test_mirror import Mirrored, fresh_namespace, mirrored, wait_mirrored
+
+__all__ = ["mirrored"]  # the fixture, imported so that this module gets a plane of its own
+
+TENANT_ROLE = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "Role",
+    "metadata": {"name": "nofx-tenant"},
+    "rules": [
+        {
+            "apiGroups": ["nofx.dev"],
+            "resources": ["runs", "templates", "agents"],
+            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+        }
+    ],
+}
+
+
+@dataclass
+class Tenancy:
+    mirrored: Mirrored
+    namespace: str
+    users: dict[str, Kubectl]  # tenants of the namespace, by user name
+
+
+@pytest.fixture(scope="module")
+def tenancy(mirrored: Mirrored) -> Iterator[Tenancy]:
+    kubectl = mirrored.kubectl
+    kubectl("apply", "-k", str(REPO / "policies"))
+    namespace = fresh_namespace(kubectl, "team-a")
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(TENANT_ROLE))
+    users = {}
+    for user in ("alice", "bob"):
+        kubectl("create", "rolebinding", f"tenant-{user}", "-n", namespace,
+                "--role", "nofx-tenant", "--user", user)  # fmt: skip
+        users[user] = Kubectl(mirrored.plane.kubeconfig_for(user))
+    wait_until(lambda: _stamped(users["alice"], namespace), 30, "the identity policy to load")
+    yield Tenancy(mirrored, namespace, users)
+
+
+def _stamped(kubectl: Kubectl, namespace: str) -> bool:
+    return _dry_run(kubectl, namespace).get("annotations", {}).get(CREATED_BY) == "alice"
+
+
+def _dry_run(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    """The metadata a new Run would get: admission runs in a server-side dry run."""
+    probe = json.dumps(run("probe", steps=[step("a")]))
+    out = kubectl("create", "--dry-run=server", "-o", "json", "-n", namespace, "-f", "-",
+                  input=probe)  # fmt: skip
+    return json.loads(out)["metadata"]
+
+
+def test_a_new_run_carries_the_audit_finalizer_from_its_creation(tenancy: Tenancy) -> None:
+    """So the operator makes no write of its own to add it."""
+    assert _dry_run(tenancy.users["bob"], tenancy.namespace)["finalizers"] == ["nofx.dev/audit"]
+
+
+def annotations(kubectl: Kubectl, kind: str, namespace: str, name: str) -> dict[str, str]:
+    return kubectl.json("get", kind, name, "-n", namespace)["metadata"].get("annotations") or {}
+
+
+def audit_rows(tenancy: Tenancy, name: str) -> list[dict[str, object]]:
+    output = tenancy.mirrored.nofx("audit", name, "-n", tenancy.namespace, "-o", "json").stdout
+    return json.loads(output)
+
+
+def test_the_runs_creator_is_the_authenticated_user_whatever_the_client_wrote(
+    tenancy: Tenancy,
+) -> None:
+    alice, namespace = tenancy.users["alice"], tenancy.namespace
+    forged = run("forged", steps=[step("a")])
+    forged["metadata"]["annotations"] = {CREATED_BY: "mallory", CHANGED_BY: "mallory"}
+    apply(alice, namespace, agent("echo", {"kwok.nofx.dev/duration": "1s"}), forged)
+    assert annotations(alice, "run", namespace, "forged") == {
+        CREATED_BY: "alice",
+        CHANGED_BY: "alice",
+    } | _last_applied(alice, namespace)
+    wait_for_phase(tenancy.mirrored.kubectl, namespace, "forged", {"Succeeded"})
+    wait_mirrored(tenancy.mirrored, namespace, ["forged"])
+
+    rows = audit_rows(tenancy, "forged")
+    started = [r for r in rows if r["reason"] == "RunRunning"]
+    assert [r["actor"] for r in started] == ["alice"]
+    steps = {r["actor"] for r in rows if r["step"] is not None}
+    assert steps == {"nofx-operator"}
+    table = tenancy.mirrored.nofx("audit", "forged", "-n", namespace).stdout
+    assert "alice" in table and "mallory" not in table
+
+    # Rewriting the annotation later changes nothing either.
+    alice("annotate", "run", "forged", "-n", namespace, f"{CREATED_BY}=mallory", "--overwrite")
+    assert annotations(alice, "run", namespace, "forged")[CREATED_BY] == "alice"
+
+
+def _last_applied(kubectl: Kubectl, namespace: str) -> dict[str, str]:
+    """kubectl apply keeps its own annotation beside ours."""
+    key = "kubectl.kubernetes.io/last-applied-configuration"
+    stored = annotations(kubectl, "run", namespace, "forged")
+    return {key: stored[key]} if key in stored else {}
+
+
+def test_whoever_cancels_a_run_is_the_actor_of_its_cancellation(tenancy: Tenancy) -> None:
+    alice, bob, namespace = tenancy.users["alice"], tenancy.users["bob"], tenancy.namespace
+    apply(alice, namespace, agent("slow", {"kwok.nofx.dev/duration": "60s"}),
+          run("cancelled", steps=[step("a", "slow")]))  # fmt: skip
+    wait_for_phase(tenancy.mirrored.kubectl, namespace, "cancelled", {"Running"})
+    bob("patch", "run", "cancelled", "-n", namespace, "--type", "merge",
+        "-p", '{"spec": {"cancel": true}}')  # fmt: skip
+    wait_for_phase(tenancy.mirrored.kubectl, namespace, "cancelled", {"Cancelled"})
+    wait_mirrored(tenancy.mirrored, namespace, ["cancelled"])
+    actors = {r["reason"]: r["actor"] for r in audit_rows(tenancy, "cancelled") if not r["step"]}
+    assert (actors["RunRunning"], actors["RunCancelled"]) == ("alice", "bob")
+
+
+def test_template_history_names_who_changed_each_version(tenancy: Tenancy) -> None:
+    alice, bob, namespace = tenancy.users["alice"], tenancy.users["bob"], tenancy.namespace
+    apply(alice, namespace, template("edited", [step("a")], description="first"))
+    time.sleep(0.5)  # two distinct versions, not one coalesced watch event
+    apply(bob, namespace, template("edited", [step("a")], description="second"))
+    history = ""
+
+    def two_versions() -> bool:
+        nonlocal history
+        history = tenancy.mirrored.nofx("template", "history", "edited", "-n", namespace).stdout
+        return len(history.strip().splitlines()) == 3  # header and two versions
+
+    wait_until(two_versions, 30, "two Template versions in the mirror")
+    changed_by = [line.split()[-1] for line in history.strip().splitlines()[1:]]
+    assert changed_by == ["alice", "bob"], history
