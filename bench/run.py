@@ -143,6 +143,8 @@ class Bench:
         self.plane.start()
         self.api = config.new_client_from_config(config_file=str(self.plane.kubeconfig))
         self.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+        # As the chart installs them on 1.36+: new Runs carry the audit finalizer from creation.
+        self.kubectl("apply", "-k", str(REPO_ROOT / "policies"))
         with Store(self.postgres.dsn, "bench") as store:
             store.migrate()
         operator_kubeconfig = self.plane.kubeconfig_for(OPERATOR_USER, groups=["system:masters"])

@@ -44,10 +44,10 @@ class Transition:
 
     @property
     def announced(self) -> bool:
-        """Worth a Kubernetes Event: the Run's own transitions and every warning. A step's
-        ordinary progress is in status and the audit trail already; an Event for each would
-        double the API writes of a Run."""
-        return self.step is None or self.warning
+        """Worth a Kubernetes Event: how the Run ended, and every warning. A step's ordinary
+        progress, and the Run starting to run, are in status (`kubectl get runs`) and the
+        audit trail already; an Event for each is an API write that tells nothing new."""
+        return (self.step is None and self.to_phase != "Running") or self.warning
 
     @property
     def warning(self) -> bool:

@@ -262,3 +262,23 @@ def test_a_job_that_cannot_create_its_pod_fails_its_step_with_the_event_message(
     assert words in (code.message or "")
     assert h.kube.called("pod_create_error") == [(NAMESPACE, name)]
     assert (NAMESPACE, name) in h.kube.called("delete_job")
+
+
+# --- the writes of a Run ----------------------------------------------------------------------
+
+
+def test_a_three_step_run_costs_a_status_write_per_step_a_job_each_and_one_event(
+    events: list[tuple[str, str, str]],
+) -> None:
+    """Each pass writes one status that both records the step that finished and starts the
+    next; the only Event says how the Run ended (issue 14: the operator's write budget)."""
+    h = Harness(step("a"), step("b", "a"), step("c", "b"))
+    h.reconcile()
+    for name in "abc":
+        h.finish_job(h.job_name(name, 1))
+        h.reconcile()
+        h.reconcile()  # the watch event of its own write changes nothing
+    assert h.status.phase == "Succeeded"
+    writes = [name for name, _ in h.kube.calls if name not in ("get", "get_job", "job_pod")]
+    assert sorted(writes) == sorted(["patch_status"] * 4 + ["create_job"] * 3)
+    assert [(kind, reason) for kind, reason, _ in events] == [("Normal", "RunSucceeded")]
