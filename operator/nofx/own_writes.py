@@ -1,10 +1,14 @@
 """Our own writes, recognised when their watch events come back, so they are not reconciled
-again."""
+again; and the newest body we know of each object, so that a pass triggered by something else
+(a finished Job, a timer) need not read it from the API server first."""
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
+
+Key = tuple[str, str, str]  # (plural, namespace, name)
 
 
 class OwnWrites:
@@ -13,20 +17,41 @@ class OwnWrites:
     cost (an API read, often a conflict)."""
 
     KEEP = 8  # per object: Kopf may batch several quick events into the last one
+    # Bodies kept, the most recently written or seen first: the Runs in flight. A body that
+    # fell out is read again; one that went stale costs a conflict, then a read.
+    KEEP_BODIES = 1024
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._versions: dict[tuple[str, str, str], list[str]] = {}
+        self._versions: dict[Key, list[str]] = {}
+        self._bodies: OrderedDict[Key, dict[str, Any]] = OrderedDict()
 
     def add(self, plural: str, stored: dict[str, Any]) -> None:
         """Records a write, given the object as stored."""
         metadata = stored["metadata"]
+        key = (plural, metadata["namespace"], metadata["name"])
         with self._lock:
-            versions = self._versions.setdefault(
-                (plural, metadata["namespace"], metadata["name"]), []
-            )
+            versions = self._versions.setdefault(key, [])
             versions.append(metadata["resourceVersion"])
             del versions[: -self.KEEP]
+            self._keep(key, stored)
+
+    def seen(self, plural: str, body: dict[str, Any]) -> None:
+        """A watch event that is not our echo: someone else's newer write."""
+        metadata = body["metadata"]
+        with self._lock:
+            self._keep((plural, metadata["namespace"], metadata["name"]), body)
+
+    def latest(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The newest body written or seen, if still kept."""
+        with self._lock:
+            return self._bodies.get((plural, namespace, name))
+
+    def _keep(self, key: Key, body: dict[str, Any]) -> None:
+        self._bodies[key] = body
+        self._bodies.move_to_end(key)
+        while len(self._bodies) > self.KEEP_BODIES:
+            self._bodies.popitem(last=False)
 
     def is_echo(self, plural: str, namespace: str, name: str, resource_version: str) -> bool:
         """True once for each version we wrote. Events come in order, so the writes before it
@@ -41,3 +66,4 @@ class OwnWrites:
     def forget(self, plural: str, namespace: str, name: str) -> None:
         with self._lock:
             self._versions.pop((plural, namespace, name), None)
+            self._bodies.pop((plural, namespace, name), None)

@@ -52,7 +52,12 @@ class Harness:
         self.sync()
 
     def sync(self) -> None:
-        """The indexes as Kopf would hold them after seeing every object of the fake."""
+        """The indexes as Kopf would hold them after seeing every object of the fake, and the
+        Run's last change delivered as a watch event would deliver it."""
+        run = self.kube.objects.get(("runs", NAMESPACE, NAME))
+        known = self.kube.own_writes.latest("runs", NAMESPACE, NAME)
+        if run is not None and (known is None or known["metadata"] != run["metadata"]):
+            self.kube.own_writes.seen("runs", run)
         jobs: dict[Any, list[Any]] = defaultdict(list)
         active: dict[Any, list[str]] = defaultdict(list)
         for (plural, namespace, name), body in self.kube.objects.items():

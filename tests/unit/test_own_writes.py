@@ -127,3 +127,16 @@ def test_the_audit_finalizer_is_set_before_the_first_audit_events_are_stored() -
     h.reconcile()
     assert h.body["status"]["audit"]["pending"]
     assert h.body["metadata"].get("finalizers") == [AUDIT_FINALIZER]
+
+
+def test_the_newest_body_is_kept_for_the_runs_in_flight_only() -> None:
+    writes = OwnWrites()
+    writes.KEEP_BODIES = 2
+    for name in ("a", "b", "c"):
+        writes.add("runs", {"metadata": {"namespace": "n", "name": name, "resourceVersion": "1"}})
+    assert writes.latest("runs", "n", "a") is None, "the oldest fell out"
+    edited = {"metadata": {"namespace": "n", "name": "b", "resourceVersion": "2"}}
+    writes.seen("runs", edited)
+    assert writes.latest("runs", "n", "b") is edited
+    writes.forget("runs", "n", "b")
+    assert writes.latest("runs", "n", "b") is None

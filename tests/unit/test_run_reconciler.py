@@ -120,7 +120,7 @@ def test_a_conflicting_status_write_reads_the_run_again_and_decides_again() -> N
     h.kube.fail_next("patch_status", 1, Conflict("runs/demo changed"))
     h.reconcile()
     assert [name for name, _ in h.kube.calls] == [
-        *("get", "create_job", "patch_status"),
+        *("create_job", "patch_status"),  # with the body its watch event delivered
         *("get", "create_job", "patch_status"),  # the Job exists already: a 409, no second Job
     ]
     assert [key[2] for key in h.kube.objects if key[0] == "jobs"] == [h.job_name("code", 1)]
@@ -133,7 +133,7 @@ def test_repeated_conflicts_end_the_pass_with_a_conflict_for_the_error_budget() 
     with pytest.raises(Conflict, match="conflicts in a row"):
         h.reconcile()
     assert is_transient(Conflict("x")), "retried with backoff while it lasts"
-    assert len(h.kube.called("get")) == MAX_CONFLICT_RETRIES
+    assert len(h.kube.called("get")) == MAX_CONFLICT_RETRIES - 1  # the first had the event's
     assert len(h.kube.called("patch_status")) == MAX_CONFLICT_RETRIES
     assert h.status.phase is None
 
@@ -282,3 +282,4 @@ def test_a_three_step_run_costs_a_status_write_per_step_a_job_each_and_one_event
     writes = [name for name, _ in h.kube.calls if name not in ("get", "get_job", "job_pod")]
     assert sorted(writes) == sorted(["patch_status"] * 4 + ["create_job"] * 3)
     assert [(kind, reason) for kind, reason, _ in events] == [("Normal", "RunSucceeded")]
+    assert h.kube.called("get") == [], "a pass a Job triggered had the body of our last write"

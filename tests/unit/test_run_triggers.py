@@ -145,7 +145,7 @@ def test_a_run_is_never_reconciled_twice_at_once() -> None:
 def test_a_failed_pass_is_retried_after_its_backoff_and_a_success_forgets_it() -> None:
     h = Harness(step("code"))
     r = h.reconciler
-    h.kube.fail_next("get", 1, RuntimeError("boom"))
+    h.kube.fail_next("create_job", 1, RuntimeError("boom"))
 
     async def scenario() -> None:
         r.trigger(KEY)

@@ -85,8 +85,15 @@ class RunReconciler:
         await asyncio.gather(*self._workers, return_exceptions=True)
 
     def trigger(self, key: RunKey, body: dict[str, Any] | None = None) -> None:
-        """Reconciles the Run soon (with this body, or read afresh if None)."""
+        """Reconciles the Run soon: with this body, else with the newest body we wrote or
+        saw, else read afresh."""
         self.queue.add(key, body)
+
+    def changed(self, key: RunKey, body: dict[str, Any]) -> None:
+        """A watch event of the Run: reconciled with its body, unless it echoes our write."""
+        if not self.is_own_write(key, body):
+            self.kube.own_writes.seen("runs", body)
+            self.trigger(key, body)
 
     def trigger_soon(self, keys: Iterable[RunKey]) -> None:
         for key in keys:
@@ -122,6 +129,8 @@ class RunReconciler:
     def _reconcile(self, key: RunKey, body: dict[str, Any] | None, observed: Observed) -> Result:
         started = time.perf_counter()
         try:
+            if body is None:
+                body = self.kube.own_writes.latest("runs", *key)
             for _ in range(MAX_CONFLICT_RETRIES):
                 if body is None:
                     body = self.kube.get("runs", *key)

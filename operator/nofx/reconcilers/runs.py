@@ -68,8 +68,7 @@ async def run_event(
     else:
         if ctx.mirror is not None and (body.get("status") or {}).get("audit", {}).get("pending"):
             ctx.mirror.offer_run(body)
-        if not ctx.runs.is_own_write(key, body):
-            ctx.runs.trigger(key, dict(body))
+        ctx.runs.changed(key, dict(body))
     if parent:
         ctx.runs.trigger((namespace, parent))
 
