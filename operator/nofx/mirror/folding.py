@@ -20,14 +20,17 @@ from nofx.mirror import outbox
 from nofx.mirror.run_body import RunKey, pending
 
 EntryKey = tuple[Any, ...]
-ACK_AFTER = 10.0  # seconds a stored entry of a running Run waits for the reconciler's write
+# Seconds a stored entry of a running Run waits for the reconciler's next write. Longer than
+# most steps, so a Run costs no acknowledgement of its own until it ends; a Run that waits
+# (an approval, a step of many minutes) gets its outbox emptied meanwhile.
+ACK_AFTER = 300.0
 ACK_NOW_ENTRIES = 64  # stored entries of one Run that are acknowledged at once
 
 
 @dataclass
 class _Stored:
     uid: str
-    body: dict[str, Any]  # the latest written body: its resourceVersion guards the removal
+    body: dict[str, Any]  # of the latest written body, what the removal reads (_slim)
     keys: set[EntryKey] = field(default_factory=set)
     due: float = 0.0
 
@@ -61,8 +64,8 @@ class StoredEntries:
         with self._lock:
             stored = self._runs.get(key)
             if stored is None or stored.uid != uid:
-                stored = self._runs[key] = _Stored(uid, body, due=self._clock() + ACK_AFTER)
-            stored.body = body
+                stored = self._runs[key] = _Stored(uid, {}, due=self._clock() + ACK_AFTER)
+            stored.body = _slim(body)
             stored.keys |= {outbox.entry_key(entry) for entry in pending(body)}
             if _ends(body) or len(stored.keys) >= ACK_NOW_ENTRIES:
                 return set(stored.keys)
@@ -93,3 +96,15 @@ def _ends(body: dict[str, Any]) -> bool:
     """No status write of the reconciler may follow: the Run finished or is being deleted."""
     finished = (body.get("status") or {}).get("phase") in TERMINAL_RUN_PHASES
     return finished or bool(body["metadata"].get("deletionTimestamp"))
+
+
+def _slim(body: dict[str, Any]) -> dict[str, Any]:
+    """What removing entries needs of a body: its identity, its resourceVersion (which guards
+    the patch) and its outbox. Runs that wait for minutes are held here by thousands; their
+    whole bodies would be most of the operator's memory."""
+    metadata = body["metadata"]
+    audit = (body.get("status") or {}).get("audit") or {}
+    return {
+        "metadata": {k: metadata[k] for k in ("namespace", "name", "uid", "resourceVersion")},
+        "status": {"audit": audit},
+    }
