@@ -247,6 +247,17 @@ class Kube:
             if error.status != 404:
                 raise
 
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        """A namespace's labels ({} once it is gone: its Runs go with it)."""
+        try:
+            response = self.core.read_namespace(name, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                return {}
+            raise
+        labels: dict[str, str] = _json(response)["metadata"].get("labels") or {}
+        return labels
+
     def pod_create_error(self, namespace: str, job_name: str) -> str | None:
         """Why the Job controller could not create the Job's Pod, from its latest FailedCreate
         Event (e.g. a missing ServiceAccount, a quota, an admission policy)."""

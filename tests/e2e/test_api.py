@@ -27,7 +27,14 @@ def test_every_sample_applies_and_kubectl_get_nofx_lists_them(
     assert kinds == {"agent.nofx.dev", "template.nofx.dev", "run.nofx.dev"}
     assert "agent.nofx.dev/planner" in listed and "template.nofx.dev/dag" in listed
     table = kubectl("get", "runs", "-n", namespace)
-    assert table.split("\n")[0].split() == ["NAME", "PHASE", "PROGRESS", "TEMPLATE", "AGE"]
+    assert table.split("\n")[0].split() == [
+        "NAME",
+        "PHASE",
+        "PROGRESS",
+        "TEMPLATE",
+        "ACCOUNT",
+        "AGE",
+    ]
     assert kubectl("get", "nxr", "-n", namespace, "-o", "name").split() == [
         n for n in listed if n.startswith("run.")
     ]
@@ -36,7 +43,7 @@ def test_every_sample_applies_and_kubectl_get_nofx_lists_them(
 def test_kubectl_explain_prints_the_field_descriptions(crds: None, kubectl: Kubectl) -> None:
     steps = kubectl("explain", "run.spec.steps")
     assert "dependsOn" in steps and "Steps that must succeed before this one starts." in steps
-    assert "Billing account charged" in kubectl("explain", "run.spec.account")
+    assert "it must be the namespace's account" in kubectl("explain", "run.spec.account")
     assert "Container image that performs the agent's work." in kubectl(
         "explain", "agent.spec.image"
     )

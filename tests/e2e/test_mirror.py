@@ -75,8 +75,11 @@ def mirrored(
         shutil.rmtree(postgres.directory.parent, ignore_errors=True)
 
 
-def fresh_namespace(kubectl: Kubectl, name: str) -> str:
+def fresh_namespace(kubectl: Kubectl, name: str, account: str | None = None) -> str:
+    """A namespace, labelled with its account if one is given (else it is its own)."""
     kubectl("create", "namespace", name)
+    if account is not None:
+        kubectl("label", "namespace", name, f"nofx.dev/account={account}")
     return name
 
 
@@ -100,14 +103,13 @@ def wait_mirrored(
 def test_transitions_in_order_with_a_valid_chain_and_usage_matching_the_pods(
     mirrored: Mirrored,
 ) -> None:
-    namespace = fresh_namespace(mirrored.kubectl, "audit")
+    namespace = fresh_namespace(mirrored.kubectl, "audit", account="acme")
     apply(
         mirrored.kubectl,
         namespace,
         agent("priced", {"kwok.nofx.dev/duration": "2s"}, pricing={"perHour": "36"}),
         run(
             "audited",
-            account="acme",
             steps=[step("one", "priced"), step("two", "priced", dependsOn=["one"])],
         ),
     )

@@ -5,6 +5,7 @@ writes. Tenants are users with client certificates of their own and a namespaced
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class Tenancy:
 def tenancy(mirrored: Mirrored) -> Iterator[Tenancy]:
     kubectl = mirrored.kubectl
     kubectl("apply", "-k", str(REPO / "policies"))
-    namespace = fresh_namespace(kubectl, "team-a")
+    namespace = fresh_namespace(kubectl, "team-a", account="acme")
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(TENANT_ROLE))
     users = {}
     for user in ("alice", "bob"):
@@ -55,6 +56,7 @@ def tenancy(mirrored: Mirrored) -> Iterator[Tenancy]:
                 "--role", "nofx-tenant", "--user", user)  # fmt: skip
         users[user] = Kubectl(mirrored.plane.kubeconfig_for(user))
     wait_until(lambda: _stamped(users["alice"], namespace), 30, "the identity policy to load")
+    wait_until(lambda: _refused(users["alice"], namespace), 30, "the accounts policy to load")
     yield Tenancy(mirrored, namespace, users)
 
 
@@ -62,12 +64,24 @@ def _stamped(kubectl: Kubectl, namespace: str) -> bool:
     return _dry_run(kubectl, namespace).get("annotations", {}).get(CREATED_BY) == "alice"
 
 
+def _refused(kubectl: Kubectl, namespace: str) -> bool:
+    return _create(kubectl, namespace, run("probe", steps=[step("a")], account="x")).returncode != 0
+
+
+def _create(
+    kubectl: Kubectl, namespace: str, body: dict[str, Any], dry_run: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """kubectl create, as a server-side dry run by default: admission runs, nothing is kept."""
+    flags = ["--dry-run=server"] if dry_run else []
+    return kubectl.run("create", *flags, "-o", "json", "-n", namespace, "-f", "-",
+                       input=json.dumps(body), check=False)  # fmt: skip
+
+
 def _dry_run(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
-    """The metadata a new Run would get: admission runs in a server-side dry run."""
-    probe = json.dumps(run("probe", steps=[step("a")]))
-    out = kubectl("create", "--dry-run=server", "-o", "json", "-n", namespace, "-f", "-",
-                  input=probe)  # fmt: skip
-    return json.loads(out)["metadata"]
+    """The metadata a new Run would get."""
+    created = _create(kubectl, namespace, run("probe", steps=[step("a")]))
+    assert created.returncode == 0, created.stderr
+    return json.loads(created.stdout)["metadata"]
 
 
 def test_a_new_run_carries_the_audit_finalizer_from_its_creation(tenancy: Tenancy) -> None:
@@ -146,3 +160,66 @@ def test_template_history_names_who_changed_each_version(tenancy: Tenancy) -> No
     wait_until(two_versions, 30, "two Template versions in the mirror")
     changed_by = [line.split()[-1] for line in history.strip().splitlines()[1:]]
     assert changed_by == ["alice", "bob"], history
+
+
+# --- accounts: a Run is billed to its namespace's account ---
+
+
+def test_a_tenant_cannot_bill_another_account_nor_relabel_the_namespace(tenancy: Tenancy) -> None:
+    alice, namespace = tenancy.users["alice"], tenancy.namespace
+    stolen = _create(alice, namespace, run("stolen", steps=[step("a")], account="someone-else"))
+    assert stolen.returncode != 0
+    assert "spec.account: someone-else is not the account of namespace team-a (acme" in (
+        stolen.stderr
+    )
+    relabel = alice.run("label", "namespace", namespace, "nofx.dev/account=someone-else",
+                        "--overwrite", check=False)  # fmt: skip
+    assert relabel.returncode != 0 and "forbidden" in relabel.stderr
+    # The namespace's own account may be named; it is what leaving it out means.
+    assert (
+        _create(alice, namespace, run("named", steps=[step("a")], account="acme")).returncode == 0
+    )
+
+
+def test_a_child_run_of_another_account_is_impossible(tenancy: Tenancy) -> None:
+    """Whether the operator or a tenant writes it: a child Run is a Run like any other."""
+    alice, namespace = tenancy.users["alice"], tenancy.namespace
+    forged_child = run("forged-child", steps=[step("a")], account="someone-else")
+    forged_child["metadata"]["labels"] = {"nofx.dev/parent-run": "billed", "nofx.dev/depth": "1"}
+    assert _create(alice, namespace, forged_child).returncode != 0
+
+    sub = {"name": "sub", "childRun": {"templateRef": {"name": "child"}}}
+    apply(alice, namespace, agent("echo", {"kwok.nofx.dev/duration": "1s"}),
+          template("child", [step("work")]), run("parent", steps=[sub]))  # fmt: skip
+    wait_for_phase(tenancy.mirrored.kubectl, namespace, "parent", {"Succeeded"})
+    children = tenancy.mirrored.kubectl.json(
+        "get", "runs", "-n", namespace, "-l", "nofx.dev/parent-run=parent"
+    )["items"]
+    assert [(c["spec"]["account"], c["status"]["account"]) for c in children] == [("acme", "acme")]
+
+
+def test_a_run_is_billed_to_its_namespaces_account_and_relabelling_keeps_history(
+    tenancy: Tenancy,
+) -> None:
+    alice, namespace = tenancy.users["alice"], tenancy.namespace
+    kubectl, mirrored = tenancy.mirrored.kubectl, tenancy.mirrored
+    apply(alice, namespace, agent("echo", {"kwok.nofx.dev/duration": "1s"}),
+          run("billed", steps=[step("a")]))  # fmt: skip
+    body = wait_for_phase(kubectl, namespace, "billed", {"Succeeded"})
+    assert body["status"]["account"] == "acme" and "account" not in body["spec"]
+    assert "acme" in kubectl("get", "run", "billed", "-n", namespace)  # the ACCOUNT column
+
+    kubectl("label", "namespace", namespace, "nofx.dev/account=acme-eu", "--overwrite")
+    try:
+        apply(alice, namespace, run("billed-later", steps=[step("a")]))
+        later = wait_for_phase(kubectl, namespace, "billed-later", {"Succeeded"})
+        assert later["status"]["account"] == "acme-eu"
+        wait_mirrored(mirrored, namespace, ["billed", "billed-later"])
+        assert kubectl.json("get", "run", "billed", "-n", namespace)["status"]["account"] == "acme"
+        for account, name in (("acme", "billed"), ("acme-eu", "billed-later")):
+            rows = mirrored.sql(
+                "SELECT DISTINCT account FROM usage_records WHERE run_name = %s", name
+            )
+            assert rows == [(account,)]
+    finally:
+        kubectl("label", "namespace", namespace, "nofx.dev/account=acme", "--overwrite")

@@ -165,6 +165,7 @@ class Sim:
             agents=dict(AGENTS if agents is None else agents),
             free_slots=dict(free_slots or {}),
             templates=child_templates(template or spec.inline_template()),
+            namespace_account="team-a",  # the namespace of view(), without an account label
         )
         self.last = Decision(self.status)
         self.created_jobs: list[str] = []

@@ -34,6 +34,7 @@ class FakeKube:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, ns, name)
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, job name) → its Pod
         self.create_errors: dict[tuple[str, str], str] = {}  # (ns, job name) → FailedCreate
+        self.namespaces: dict[str, dict[str, str]] = {}  # name → labels; unknown: none
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self._failures: dict[str, list[BaseException]] = defaultdict(list)
         self._max_status: tuple[int, int] | None = None  # (bytes, HTTP status of the refusal)
@@ -141,6 +142,10 @@ class FakeKube:
         self._call("job_pod", namespace, job_name)
         found = self.pods.get((namespace, job_name))
         return copy.deepcopy(found) if found else None
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        self._call("namespace_labels", name)
+        return dict(self.namespaces.get(name, {}))
 
     def pod_create_error(self, namespace: str, job_name: str) -> str | None:
         self._call("pod_create_error", namespace, job_name)

@@ -74,7 +74,6 @@ def test_snake_case_names_are_accepted_in_python() -> None:
         "ttlSecondsAfterFinished": 60,
         "cancel": False,
         "suspend": False,
-        "account": "default",
     }
 
 
@@ -216,6 +215,7 @@ def test_kinds_are_discoverable_with_kubectl() -> None:
         ".status.phase",
         ".status.progress",
         ".spec.templateRef.name",
+        ".status.account",
         ".metadata.creationTimestamp",
     ]
 

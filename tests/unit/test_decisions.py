@@ -1318,6 +1318,18 @@ def test_ttl_applies_to_failed_and_cancelled_runs() -> None:
     assert sim.decide().delete_run
 
 
+def test_ttl_applies_to_runs_that_could_not_start() -> None:
+    for spec in (
+        inline(step("a", "a"), ttlSecondsAfterFinished=60),  # InvalidPlan: a cycle
+        inline(step("a"), ttlSecondsAfterFinished=60, account="other"),  # AccountMismatch
+    ):
+        sim = Sim(spec)
+        assert sim.decide().wake_at == T0 + timedelta(seconds=60)
+        assert sim.status.phase == "Failed"
+        sim.tick(60)
+        assert sim.decide().delete_run
+
+
 # --- usage ----------------------------------------------------------------------------------
 
 

@@ -278,7 +278,6 @@ def test_a_decided_request_builds_a_job_with_rendered_inputs_and_deadline() -> N
         inline(
             step("plan", timeout="2m", inputs={"repo": "{{ params.repo }}", "n": "{{ params.n }}"}),
             parameters={"repo": "nofx/api", "n": 2},
-            account="acme",
         )
     )
     [wanted] = sim.decide().create_jobs

@@ -133,8 +133,8 @@ class Setup:
         body = {
             "metadata": {"namespace": "team", "name": name, "uid": f"uid-{name}",
                          "resourceVersion": "1", "creationTimestamp": "2030-01-01T00:00:00Z"},
-            "spec": {"account": "acme"},
-            "status": {"phase": phase, "audit": {"nextSeq": len(entries) + 1,
+            "spec": {},
+            "status": {"phase": phase, "account": "acme", "audit": {"nextSeq": len(entries) + 1,
                                                       "pending": list(entries)}},
         }  # fmt: skip
         self.kube.objects[("runs", "team", name)] = body

@@ -12,7 +12,8 @@ from nofx.mirror import outbox
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 BODY = {
     "metadata": {"uid": "u-1", "namespace": "team", "name": "r"},
-    "spec": {"account": "acme"},
+    "spec": {},
+    "status": {"account": "acme"},
 }
 
 

@@ -120,8 +120,10 @@ def test_a_conflicting_status_write_reads_the_run_again_and_decides_again() -> N
     h.kube.fail_next("patch_status", 1, Conflict("runs/demo changed"))
     h.reconcile()
     assert [name for name, _ in h.kube.calls] == [
-        *("create_job", "patch_status"),  # with the body its watch event delivered
-        *("get", "create_job", "patch_status"),  # the Job exists already: a 409, no second Job
+        # With the body its watch event delivered; the namespace tells the Run's account.
+        *("namespace_labels", "create_job", "patch_status"),
+        # The Job exists already: a 409, no second Job.
+        *("get", "namespace_labels", "create_job", "patch_status"),
     ]
     assert [key[2] for key in h.kube.objects if key[0] == "jobs"] == [h.job_name("code", 1)]
     assert h.step("code").phase == "Running"
@@ -279,7 +281,8 @@ def test_a_three_step_run_costs_a_status_write_per_step_a_job_each_and_one_event
         h.reconcile()
         h.reconcile()  # the watch event of its own write changes nothing
     assert h.status.phase == "Succeeded"
-    writes = [name for name, _ in h.kube.calls if name not in ("get", "get_job", "job_pod")]
+    reads = ("get", "get_job", "job_pod", "namespace_labels")
+    writes = [name for name, _ in h.kube.calls if name not in reads]
     assert sorted(writes) == sorted(["patch_status"] * 4 + ["create_job"] * 3)
     assert [(kind, reason) for kind, reason, _ in events] == [("Normal", "RunSucceeded")]
     assert h.kube.called("get") == [], "a pass a Job triggered had the body of our last write"

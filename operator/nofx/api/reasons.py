@@ -11,6 +11,7 @@ class Reason(StrEnum):
     TEMPLATE_MISSING = "TemplateMissing"
     TEMPLATE_INVALID = "TemplateInvalid"
     AGENT_MISSING = "AgentMissing"
+    ACCOUNT_MISMATCH = "AccountMismatch"  # spec.account is not its namespace's account
     INVALID_SPEC = "InvalidSpec"  # the spec does not validate (should have been refused)
     INCONSISTENT_STATUS = "InconsistentStatus"  # status edited by someone else than the operator
     STATUS_TOO_LARGE = "StatusTooLarge"  # the API server refused the status as too large

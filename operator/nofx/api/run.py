@@ -153,8 +153,11 @@ class RunSpec(ApiModel):
         le=MAX_TTL_SECONDS,
         description="Delete the Run this many seconds after it finished; at most a year.",
     )
-    account: Tag = Field(
-        default="default", description="Billing account charged for the Run's usage."
+    account: Tag | None = Field(
+        default=None,
+        description="Billing account; it must be the namespace's account (its label "
+        "nofx.dev/account, else the namespace's name), which is also the default. The Run is "
+        "charged to status.account.",
     )
 
     def inline_template(self) -> TemplateSpec | None:
@@ -299,6 +302,12 @@ class RunStatus(ApiModel):
     steps: list[StepStatus] | None = Field(
         default=None, max_length=1000, description="State of each step, and of each forEach item."
     )
+    account: Tag | None = Field(
+        default=None,
+        description="Billing account charged for the Run's usage: its namespace's account, "
+        "pinned when the operator first saw the Run (relabelling the namespace later changes "
+        "nothing).",
+    )
     usage: Usage | None = Field(default=None, description="Metered usage for billing.")
     outputs: dict[str, Any] | None = Field(
         default=None, max_length=32, description="Results of the plan, once it finished."
@@ -323,6 +332,7 @@ class Run(Resource):
             PrinterColumn("Phase", ".status.phase", "Phase of the Run."),
             PrinterColumn("Progress", ".status.progress", "Finished steps of all steps."),
             PrinterColumn("Template", ".spec.templateRef.name", "Template the Run executes."),
+            PrinterColumn("Account", ".status.account", "Account the Run is billed to."),
             AGE_COLUMN,
         ),
         selectable_fields=(".spec.templateRef.name", ".status.phase"),

@@ -18,7 +18,8 @@ from nofx.builders.ownership import owner_reference
 from nofx.planner.facts import ChildRunRequest, RunView
 
 
-def build_child_run(parent: RunView, request: ChildRunRequest) -> dict[str, Any]:
+def build_child_run(parent: RunView, account: str, request: ChildRunRequest) -> dict[str, Any]:
+    """account: the parent's pinned account (the API server refuses any other)."""
     return {
         "apiVersion": API_VERSION,
         "kind": "Run",
@@ -29,7 +30,7 @@ def build_child_run(parent: RunView, request: ChildRunRequest) -> dict[str, Any]
                 PARENT_LABEL: label_value(parent.name),
                 ROOT_LABEL: parent.root_uid or parent.uid,
                 DEPTH_LABEL: str(parent.depth + 1),
-                ACCOUNT_LABEL: label_value(parent.spec.account),
+                ACCOUNT_LABEL: label_value(account),
                 **MANAGED_BY,
             },
             "ownerReferences": [owner_reference(parent.name, parent.uid)],
@@ -37,6 +38,6 @@ def build_child_run(parent: RunView, request: ChildRunRequest) -> dict[str, Any]
         "spec": {
             "templateRef": {"name": request.template},
             "parameters": request.parameters,
-            "account": parent.spec.account,
+            "account": account,
         },
     }

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import re
 
+from nofx.api import accounts
+
 RUN_LABEL = "nofx.dev/run"
 STEP_LABEL = "nofx.dev/step"
 ATTEMPT_LABEL = "nofx.dev/attempt"
 AGENT_LABEL = "nofx.dev/agent"
-ACCOUNT_LABEL = "nofx.dev/account"
+ACCOUNT_LABEL = accounts.ACCOUNT_LABEL  # the same label as on namespaces
 INDEX_LABEL = "nofx.dev/index"
 PARENT_LABEL = "nofx.dev/parent-run"
 ROOT_LABEL = "nofx.dev/root-run"  # uid of the Run at the root of a tree of child Runs

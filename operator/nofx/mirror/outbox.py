@@ -108,11 +108,18 @@ def acknowledge(
     return [entry for entry in pending if entry_key(entry) not in stored]
 
 
+def account_of(body: Mapping[str, Any]) -> str:
+    """The account a Run is billed to: pinned in its status; a Run older than pinning kept
+    what its spec said."""
+    pinned = (body.get("status") or {}).get("account")
+    return pinned or (body.get("spec") or {}).get("account") or "default"
+
+
 def to_records(
     body: dict[str, Any], pending: list[dict[str, Any]]
 ) -> tuple[list[AuditEvent], list[UsageRecord]]:
     """The outbox entries of one Run as rows for the store."""
-    metadata, spec = body["metadata"], body.get("spec") or {}
+    metadata, account = body["metadata"], account_of(body)
     uid, namespace, name = metadata["uid"], metadata["namespace"], metadata["name"]
     events, usage = [], []
     for entry in pending:
@@ -146,7 +153,7 @@ def to_records(
                     item_index=entry.get("index"),
                     attempt=entry["attempt"],
                     job_name=entry["job"],
-                    account=spec.get("account", "default"),
+                    account=account,
                     agent=entry["agent"],
                     started_at=_parse_time(entry.get("startedAt")),
                     finished_at=_parse_time(entry.get("finishedAt")),

@@ -16,7 +16,7 @@ RunRows = tuple[list[AuditEvent], list[UsageRecord], RunRecord]
 RUN_METADATA = (
     "namespace", "name", "uid", "resourceVersion", "creationTimestamp", "deletionTimestamp"
 )  # fmt: skip
-RUN_STATUS = ("phase", "startedAt", "finishedAt", "audit")
+RUN_STATUS = ("phase", "startedAt", "finishedAt", "account", "audit")
 
 
 def mirrored_part(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def run_record(body: dict[str, Any]) -> RunRecord:
         namespace=metadata["namespace"],
         name=metadata["name"],
         template=(spec.get("templateRef") or {}).get("name"),
-        account=spec.get("account", "default"),
+        account=outbox.account_of(body),
         phase=status.get("phase"),
         created_at=when(metadata.get("creationTimestamp")),
         started_at=when(status.get("startedAt")),

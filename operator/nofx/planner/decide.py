@@ -17,7 +17,7 @@ from nofx.planner import progress
 from nofx.planner.conditions import RECONCILE_ERROR, finish
 from nofx.planner.facts import Decision, RunView, World
 from nofx.planner.lifetime import expire
-from nofx.planner.pinning import pin
+from nofx.planner.pinning import pin, pin_account
 from nofx.planner.state import RunState
 from nofx.planner.stopping import abort, inconsistency
 
@@ -36,11 +36,14 @@ def decide(run: RunView, world: World) -> Decision:
     if status.phase in TERMINAL_RUN_PHASES:
         expire(run, world, decision)
         return decision
+    if status.account is None and not pin_account(run, world, decision):
+        expire(run, world, decision)
+        return decision
     if status.pinned is None and not pin(run, world, decision):
         if run.spec.cancel and status.phase == "Pending":
             decision.waiting_for.clear()
             finish(status, world.now, "Cancelled", "Cancelled", "cancelled before it started")
-            expire(run, world, decision)
+        expire(run, world, decision)  # a plan that cannot run finished too
         return decision
     try:
         state = RunState(run, world, decision)

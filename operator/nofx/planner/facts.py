@@ -104,6 +104,8 @@ class World:
     templates: Mapping[str, TemplateSpec | None] = field(default_factory=dict)
     limits: Limits = Limits()
     tree_size: int = 0  # child Runs that exist under this Run's root
+    # The account of the Run's namespace (nofx.api.accounts), read until the Run's is pinned.
+    namespace_account: str | None = None
 
 
 @dataclass(frozen=True)

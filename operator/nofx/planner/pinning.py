@@ -1,10 +1,12 @@
-"""Before the start: resolve the plan, its parameters and its Agents once, check what only the
-whole plan can tell (cycles of child Runs, the worst-case status), and pin the snapshot."""
+"""Before the start: pin the account, resolve the plan, its parameters and its Agents once, check
+what only the whole plan can tell (cycles of child Runs, the worst-case status), and pin the
+snapshot."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from nofx.api.accounts import ACCOUNT_LABEL
 from nofx.api.agent import AgentSpec
 from nofx.api.common import READY, SUCCEEDED
 from nofx.api.reasons import Reason
@@ -26,6 +28,29 @@ from nofx.planner.outputs import MAX_OUTPUT_BYTES
 MAX_STATUS_STEP_ENTRIES = 1000  # status.steps maxItems
 MAX_STATUS_STEP_BYTES = 1024 * 1024
 STEP_ENTRY_OVERHEAD = 512  # name, phase, times, job name and a short message of one entry
+
+
+def pin_account(run: RunView, world: World, decision: Decision) -> bool:
+    """Pins the account the Run is billed to, once: its namespace's. A spec.account naming
+    another (the nofx-accounts admission policy refuses it; without the policy only this
+    stops it) fails the Run. Returns whether the Run may go on."""
+    status, wanted = decision.status, run.spec.account
+    if status.pinned is not None:
+        status.account = wanted or "default"  # started before accounts were pinned: as it was
+        return True
+    if world.namespace_account is None:
+        raise ValueError("the namespace's account is needed to pin the Run's account")
+    if wanted is not None and wanted != world.namespace_account:
+        message = (
+            f"spec.account {wanted!r} is not the account of namespace {run.namespace} "
+            f"({world.namespace_account!r}, from its label {ACCOUNT_LABEL} or else its name): "
+            "a Run is billed to its namespace's account; leave spec.account out"
+        )
+        finish(status, world.now, "Failed", Reason.ACCOUNT_MISMATCH, message)
+        set_condition(status, READY, "False", Reason.ACCOUNT_MISMATCH, message, world.now)
+        return False
+    status.account = world.namespace_account
+    return True
 
 
 def pin(run: RunView, world: World, decision: Decision) -> bool:

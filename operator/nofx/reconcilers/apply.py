@@ -38,8 +38,13 @@ def create_children(
     jobs: dict[str, JobObservation],
 ) -> Refused | None:
     """Creates the Jobs and child Runs decided; returns what the API server refused."""
+    if not (decision.create_jobs or decision.create_child_runs):
+        return None
     refused = Refused()
-    ref = RunRef(run.name, run.namespace, run.uid, run.spec.account)
+    account = decision.status.account
+    if account is None:  # decide() pins it before anything starts
+        raise RuntimeError("a Run without a pinned account cannot start Jobs or child Runs")
+    ref = RunRef(run.name, run.namespace, run.uid, account)
     for request in decision.create_jobs:
         extra = {"run": run.name, "step": request.step, "job": request.job_name}
         try:
@@ -53,7 +58,7 @@ def create_children(
         log.info("created Job" if created else "Job already existed", extra=extra)
     for child in decision.create_child_runs:
         try:
-            kube.create("runs", run.namespace, build_child_run(run, child))
+            kube.create("runs", run.namespace, build_child_run(run, account, child))
         except Rejected as error:
             log.warning("the API server refused a child Run: %s", error.message)
             refused.child_runs[child.name] = ChildRunObservation(
