@@ -4,7 +4,6 @@ Postgres mirror (audit, usage) and roll an Agent or Template back to an earlier 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
@@ -86,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
         _cluster_options(command)
         if name == "approve":
             command.add_argument("--step", required=True, help="the step to approve")
-            command.add_argument("--by", default=getpass.getuser(), help="who approves")
+            command.add_argument(
+                "--by",
+                help="who approves; by default you, as the API server authenticates you (with "
+                "the nofx-approvals policy nothing else is accepted)",
+            )
             command.add_argument("--message", help="why, or under which conditions")
             command.set_defaults(handler=_approve)
         else:
@@ -207,11 +210,12 @@ def _approve(args: argparse.Namespace) -> int:
     steps = [s.get("name") for s in (run.get("status") or {}).get("steps") or []]
     if steps and args.step not in steps:
         raise CliError(f"Run {args.run} has no step {args.step} (steps: {', '.join(steps)})")
-    approval = {"step": args.step, "approvedBy": args.by}
+    approver = args.by or client.whoami()
+    approval = {"step": args.step, "approvedBy": approver}
     if args.message:
         approval["message"] = args.message
     client.patch_spec("runs", args.namespace, args.run, {"approvals": [*approvals, approval]})
-    print(f"run.nofx.dev/{args.run} step {args.step} approved by {args.by}")
+    print(f"run.nofx.dev/{args.run} step {args.step} approved by {approver}")
     return 0
 
 

@@ -247,6 +247,16 @@ class Kube:
             if error.status != 404:
                 raise
 
+    def whoami(self) -> str:
+        """The user the API server authenticates this client as (`kubectl auth whoami`)."""
+        response = client.AuthenticationV1Api(self.core.api_client).create_self_subject_review(
+            client.V1SelfSubjectReview(
+                api_version="authentication.k8s.io/v1", kind="SelfSubjectReview"
+            ),
+            _preload_content=False,
+        )
+        return str(_json(response)["status"]["userInfo"]["username"])
+
     def namespace_labels(self, name: str) -> dict[str, str]:
         """A namespace's labels ({} once it is gone: its Runs go with it)."""
         try:

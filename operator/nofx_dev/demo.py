@@ -109,7 +109,7 @@ class Demo:
         print()
         self.kubectl("get", "runs")
         print("\n# the release waits for a person: approve it with the CLI")
-        self.nofx("approve", "release-1-4-0", "--step", "publish", "--by", "demo@example.com")
+        self.nofx("approve", "release-1-4-0", "--step", "publish")
         self.kubectl("wait", "runs", "--all", "--for=condition=Succeeded", "--timeout=120s")
         print()
         self.kubectl("get", "nofx")

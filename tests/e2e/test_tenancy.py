@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -223,3 +224,108 @@ def test_a_run_is_billed_to_its_namespaces_account_and_relabelling_keeps_history
             assert rows == [(account,)]
     finally:
         kubectl("label", "namespace", namespace, "nofx.dev/account=acme", "--overwrite")
+
+
+# --- agent access: who may create Agents may not run Pods as anyone or read any Secret ---
+
+
+SECRET = "s3cret-7f9c1e"  # a Secret's value, to be found nowhere else
+
+
+def _agent_with(service_account: str | None, secret: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    if secret:
+        spec["env"] = [
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "t"}}}
+        ]
+    return agent("privileged", {"kwok.nofx.dev/duration": "1s"}, **spec)
+
+
+def test_agents_use_only_the_service_accounts_and_secrets_their_namespace_allows(
+    tenancy: Tenancy,
+) -> None:
+    alice, namespace, kubectl = tenancy.users["alice"], tenancy.namespace, tenancy.mirrored.kubectl
+    kubectl("create", "serviceaccount", "deployer", "-n", namespace)  # powerful, not for Agents
+    kubectl("create", "serviceaccount", "ci-bot", "-n", namespace)
+    for name in ("db-password", "model-key"):
+        kubectl("create", "secret", "generic", name, "-n", namespace, f"--from-literal=t={SECRET}")
+    kubectl("annotate", "namespace", namespace, "nofx.dev/agent-service-accounts=ci-bot",
+            "nofx.dev/agent-secrets=model-key")  # fmt: skip
+
+    as_deployer = _create(alice, namespace, _agent_with("deployer", None))
+    assert as_deployer.returncode != 0
+    assert "spec.serviceAccountName: ServiceAccount deployer is not allowed for Agents in " \
+        "namespace team-a" in as_deployer.stderr  # fmt: skip
+    reads_db = _create(alice, namespace, _agent_with(None, "db-password"))
+    assert reads_db.returncode != 0
+    assert "spec: Secret db-password is not allowed for Agents in namespace team-a" in (
+        reads_db.stderr
+    )
+    # Nor can the tenant get there another way: it may not create Pods or read Secrets itself.
+    for verb, resource in (("create", "pods"), ("get", "secrets"), ("create", "rolebindings")):
+        answer = alice.run("auth", "can-i", verb, resource, "-n", namespace, check=False)
+        assert answer.stdout.strip() == "no"
+
+    allowed = _create(alice, namespace, _agent_with("ci-bot", "model-key"), dry_run=False)
+    assert allowed.returncode == 0, allowed.stderr
+    apply(alice, namespace, run("privileged-run", steps=[step("a", "privileged")]))
+    body = wait_for_phase(kubectl, namespace, "privileged-run", {"Succeeded"})
+    job = kubectl.json("get", "job", body["status"]["steps"][0]["jobName"], "-n", namespace)
+    pod = job["spec"]["template"]["spec"]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("ci-bot", False)
+
+    # The value of the Secret never leaves it: not in status, Events, the log or Postgres.
+    wait_mirrored(tenancy.mirrored, namespace, ["privileged-run"])
+    seen = {
+        "the Run": kubectl("get", "run", "privileged-run", "-n", namespace, "-o", "json"),
+        "Events": kubectl("get", "events", "-n", namespace, "-o", "json"),
+        "the operator's log": tenancy.mirrored.operator.log_path.read_text(),
+        "Postgres": json.dumps(_every_row(tenancy.mirrored), default=str),
+    }
+    assert [where for where, text in seen.items() if SECRET in text] == []
+
+
+def _every_row(mirrored: Mirrored) -> list[tuple]:
+    tables = mirrored.sql(
+        "SELECT table_schema, table_name FROM information_schema.tables"
+        " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+    )
+    assert tables, "the mirror's tables"
+    return [
+        row
+        for schema, table in tables
+        for row in mirrored.sql(f'SELECT * FROM "{schema}"."{table}"')
+    ]
+
+
+# --- approvals name the user the API server authenticated ---
+
+
+def test_an_approval_is_given_by_whoever_the_api_server_authenticated(tenancy: Tenancy) -> None:
+    alice, bob, namespace = tenancy.users["alice"], tenancy.users["bob"], tenancy.namespace
+    gated = [step("build"), step("publish", dependsOn=["build"], approval={"message": "ok?"})]
+    apply(alice, namespace, agent("echo", {"kwok.nofx.dev/duration": "1s"}),
+          run("gated", steps=gated))  # fmt: skip
+    wait_for_phase(tenancy.mirrored.kubectl, namespace, "gated", {"WaitingApproval"})
+
+    forged = {"spec": {"approvals": [{"step": "publish", "approvedBy": "the-cto"}]}}
+    patch = bob.run("patch", "run", "gated", "-n", namespace, "--type", "merge",
+                    "-p", json.dumps(forged), check=False)  # fmt: skip
+    assert patch.returncode != 0
+    assert "spec.approvals: approvedBy must be you, bob, as the API server authenticated you; " \
+        "not the-cto (step publish)" in patch.stderr  # fmt: skip
+
+    approved = subprocess.run(
+        [sys.executable, "-m", "nofx.cli", "approve", "gated", "-n", namespace,
+         "--step", "publish", "--kubeconfig", str(bob.kubeconfig)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "approved by bob" in approved.stdout, approved.stderr
+    wait_for_phase(tenancy.mirrored.kubectl, namespace, "gated", {"Succeeded"})
+    wait_mirrored(tenancy.mirrored, namespace, ["gated"])
+    started = {
+        r["step"]: r["actor"] for r in audit_rows(tenancy, "gated") if r["reason"] == "StepStarted"
+    }
+    assert started == {"build": "nofx-operator", "publish": "bob"}

@@ -179,6 +179,8 @@ def test_pod_gets_the_agents_image_command_resources_and_service_account() -> No
     assert box["envFrom"] == [{"configMapRef": {"name": "coder-settings"}}]
     assert box["terminationMessagePolicy"] == "File"
     assert pod["serviceAccountName"] == "coder"
+    token = build_job(RUN, request(agent("busybox", automountServiceAccountToken=True)))
+    assert token["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
 
 
 def test_a_bare_agent_leaves_optional_fields_out() -> None:
@@ -188,6 +190,7 @@ def test_a_bare_agent_leaves_optional_fields_out() -> None:
     for absent in ("command", "args", "envFrom", "resources"):
         assert absent not in box
     assert "serviceAccountName" not in pod
+    assert pod["automountServiceAccountToken"] is False, "no API token unless the Agent asks"
     assert "activeDeadlineSeconds" not in job["spec"]
     assert set(env(job)) == {"NOFX_RUN", "NOFX_STEP", "NOFX_ATTEMPT", "NOFX_INPUTS"}
 

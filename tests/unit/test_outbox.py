@@ -77,9 +77,13 @@ def test_entries_become_store_records() -> None:
 STAMPED = {"annotations": {"nofx.dev/created-by": "alice", "nofx.dev/changed-by": "bob"}}
 
 
-def actors(*changes: Transition, metadata: dict[str, object] = STAMPED) -> list[object]:
+def actors(
+    *changes: Transition,
+    metadata: dict[str, object] = STAMPED,
+    approvers: dict[str, str] | None = None,
+) -> list[object]:
     status = RunStatus()
-    outbox.record(status, changes, [], NOW, metadata)
+    outbox.record(status, changes, [], NOW, metadata, approvers)
     return [entry["actor"] for entry in status.audit.pending or []]  # type: ignore[union-attr]
 
 
@@ -98,3 +102,14 @@ def test_a_cancellation_is_the_doing_of_whoever_last_changed_the_spec() -> None:
 def test_without_the_identity_policy_the_creator_is_unknown_not_guessed() -> None:
     unstamped = {"managedFields": [{"manager": "kubectl", "operation": "Update"}]}
     assert actors(change(None, "Running", "RunRunning"), metadata=unstamped) == [None]
+
+
+def test_an_approved_steps_first_start_is_its_approvers_doing() -> None:
+    first = Transition("publish", None, 1, "Waiting", "Running", "StepStarted", "started")
+    retry = Transition("publish", None, 2, "Waiting", "Running", "StepStarted", "again")
+    other = Transition("build", None, 1, "Pending", "Running", "StepStarted", "started")
+    assert actors(first, retry, other, approvers={"publish": "carol"}) == [
+        "carol",
+        "nofx-operator",
+        "nofx-operator",
+    ]

@@ -221,13 +221,22 @@ class AgentSpec(ApiModel):
     env_from: list[EnvFromSource] | None = Field(
         default=None,
         max_length=16,
-        description="Secrets and ConfigMaps whose keys become environment variables.",
+        description="Secrets and ConfigMaps whose keys become environment variables. Every "
+        "Secret an Agent names must be allowed by its namespace (annotation "
+        "nofx.dev/agent-secrets) when the nofx-agent-access policy is on.",
     )
     resources: (
         Annotated[Resources, request_within_limit("cpu"), request_within_limit("memory")] | None
     ) = Field(default=None, description="Compute resources of each step's container.")
     service_account_name: Name | None = Field(
-        default=None, description="ServiceAccount the step Pods run as."
+        default=None,
+        description="ServiceAccount the step Pods run as; the namespace must allow it (its "
+        "annotation nofx.dev/agent-service-accounts) when the nofx-agent-access policy is on.",
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description="Mount the ServiceAccount's API token into step Pods; off by default, so a "
+        "step reaches the Kubernetes API only when its Agent asks.",
     )
     pod_annotations: PodAnnotations | None = Field(
         default=None, description="Annotations added to each step Pod."

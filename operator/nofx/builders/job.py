@@ -105,6 +105,7 @@ def _pod_spec(run: RunRef, request: JobRequest) -> dict[str, Any]:
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "automountServiceAccountToken": agent.automount_service_account_token,
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "workspace", "emptyDir": {}}],
     }

@@ -38,8 +38,10 @@ def record(
     attempts: Iterable[AttemptFinished],
     now: datetime,
     metadata: Mapping[str, Any],
+    approvers: Mapping[str, str] | None = None,
 ) -> None:
-    """Appends what happened to the status' outbox (metadata: the Run's, for the actors)."""
+    """Appends what happened to the status' outbox (for the actors: the Run's metadata, and
+    who approved each approved step)."""
     pending = list(status.audit.pending or []) if status.audit else []
     seq = status.audit.next_seq if status.audit else 1
     for change in changes:
@@ -55,7 +57,7 @@ def record(
                 "attempt": change.attempt,
                 "from": change.from_phase,
                 "to": change.to_phase,
-                "actor": actor_of(change, metadata),
+                "actor": actor_of(change, metadata, approvers or {}),
             }
         )
         seq += 1
@@ -82,14 +84,23 @@ def record(
         status.audit = AuditOutbox.model_validate({"nextSeq": seq, "pending": pending or None})
 
 
-def actor_of(change: Transition, metadata: Mapping[str, Any]) -> str | None:
+def actor_of(
+    change: Transition, metadata: Mapping[str, Any], approvers: Mapping[str, str]
+) -> str | None:
     """Who made a transition happen. A Run's start is the doing of its creator, its
     cancellation the doing of whoever last changed its spec (both as the API server
-    authenticated them; None: unknown). Everything else the operator decided."""
+    authenticated them; None: unknown), the first start of an approved step the doing of
+    its approver (the nofx-approvals policy makes approvedBy the authenticated user).
+    Everything else the operator decided."""
     if change.step is None and change.from_phase is None:
         return created_by(metadata)
     if change.step is None and change.to_phase == "Cancelled":
         return changed_by(metadata)
+    first_start = (
+        change.index is None and change.to_phase == "Running" and change.attempt in (None, 1)
+    )
+    if change.step is not None and change.step in approvers and first_start:
+        return approvers[change.step]
     return OPERATOR_ACTOR
 
 

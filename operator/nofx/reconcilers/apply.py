@@ -95,6 +95,7 @@ def apply(
             decision.finished_attempts,
             datetime.now(UTC),
             body["metadata"],
+            {approval.step: approval.approved_by for approval in run.spec.approvals or []},
         )
         # What the mirror stored since goes in this same write (no acknowledgement of its own).
         stored_keys = mirror.stored.keys(key, run.uid)
