@@ -54,7 +54,7 @@ chaos: venv
 	NOFX_TOOLS_BIN=$(TOOLS_BIN) NOFX_CHAOS_RUNS=300 NOFX_CHAOS_KILLS=40 $(PY) -m pytest tests/e2e/test_crash.py
 
 demo: venv
-	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx_dev.demo
+	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx_dev.demo $(ARGS)
 
 # Not part of `make test`: timings are figures, never pass/fail. Writes bench/results.json,
 # bench/summary.md and bench/latency.png.

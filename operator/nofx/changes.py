@@ -64,7 +64,9 @@ _STEP_REASONS = {
 
 
 def transitions(old: RunStatus, new: RunStatus) -> list[Transition]:
-    """What changed between two statuses, steps first, in status order."""
+    """What changed between two statuses, in the order it happened: the Run starting before
+    its steps, the steps in status order, and any other change of the Run (which follows from
+    its steps) after them."""
     before = {(entry.name, entry.index): entry for entry in old.steps or []}
     changes = []
     for entry in new.steps or []:
@@ -91,7 +93,10 @@ def transitions(old: RunStatus, new: RunStatus) -> list[Transition]:
             )
         )
     if new.phase and new.phase != old.phase:
-        changes.append(
+        starts = new.phase == "Running" and old.phase in (None, "Pending")
+        position = 0 if starts else len(changes)
+        changes.insert(
+            position,
             Transition(
                 step=None,
                 index=None,
@@ -100,7 +105,7 @@ def transitions(old: RunStatus, new: RunStatus) -> list[Transition]:
                 to_phase=new.phase,
                 reason="Pending" if new.phase == "Pending" else f"Run{new.phase}",
                 message=new.message or new.phase,
-            )
+            ),
         )
     return changes
 

@@ -252,7 +252,7 @@ def _audit_with(store: Store, args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(events, default=str, indent=2))
         return 0
-    print(f"{'SEQ':>4}  {'TIME':<26} {'REASON':<15} {'STEP':<16} {'ACTOR':<24} MESSAGE")
+    print(f"{'SEQ':>4}  {'TIME':<29} {'REASON':<15} {'STEP':<16} {'ACTOR':<24} MESSAGE")
     for event in events:
         step = event["step"] or ""
         if event["item_index"] is not None:
@@ -260,7 +260,7 @@ def _audit_with(store: Store, args: argparse.Namespace) -> int:
         at = event["at"].isoformat(timespec="milliseconds")
         actor = _actor(event["actor"])
         print(
-            f"{event['seq']:>4}  {at:<26} {event['reason']:<15} {step:<16} {actor:<24} "
+            f"{event['seq']:>4}  {at:<29} {event['reason']:<15} {step:<16} {actor:<24} "
             f"{event['message']}"
         )
     return 0

@@ -1,4 +1,7 @@
-"""`make demo`: the real control plane on loopback, the CRDs, the operator, and the samples.
+"""`make demo`: the whole product on loopback. The real control plane with the admission
+policies, Postgres, the operator mirroring to it, and the samples; then what the mirror recorded:
+the DAG Run's audit timeline, the chains' verification, the account's usage, a Template's
+history after an edit. `--serve` keeps everything running until Ctrl-C.
 
 kwok plays the kubelet and runs no container, so the samples are applied with the overlay
 `manifests/samples/local`: each sample Agent gets the Pod annotations that tell kwok how long its
@@ -7,26 +10,39 @@ steps run and what they report (the outputs its Agent declares to `nofx sample-a
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from nofx_dev.controlplane import ControlPlane
+from nofx_dev.postgres import PostgresServer
 from nofx_dev.processes import ManagedProcess, free_port, wait_until
 from nofx_dev.tools import REPO_ROOT, tool_path
 
 DEMO_RUN = "dag-dark-mode"
+ACCOUNT = "team-web"  # the account of the namespace the samples go to
+REGION = "demo"
+# What the samples' Agents name: the namespace lets its Agents use them (policies/agent-access).
+AGENT_ACCESS = {
+    "nofx.dev/agent-service-accounts": "nofx-pr-opener",
+    "nofx.dev/agent-secrets": "model-credentials,github",
+}
 
 
 class Demo:
     def __init__(self, state_dir: Path) -> None:
         self.plane = ControlPlane(state_dir)
+        # Outside state_dir: as root, Postgres runs as another user, who must reach its files.
+        self.postgres = PostgresServer(Path(tempfile.mkdtemp(prefix="nofx-demo-pg-")) / "server")
         self.operator: ManagedProcess | None = None
 
     def kubectl(self, *args: str, stdin: str | None = None, show: bool = True) -> str:
@@ -47,14 +63,34 @@ class Demo:
         return result.stdout
 
     def nofx(self, *args: str) -> None:
+        """A `nofx` command as a person types it, in the environment of `make dev-env`."""
         print(f"$ nofx {' '.join(args)}", flush=True)
-        kubeconfig = ["--kubeconfig", str(self.plane.kubeconfig)]
-        subprocess.run([sys.executable, "-m", "nofx.cli", *args, *kubeconfig], check=True)
+        subprocess.run([sys.executable, "-m", "nofx.cli", *args], check=True, env=self.env)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.plane.kubeconfig),
+            "NOFX_DATABASE_URL": self.postgres.dsn,
+            "NOFX_REGION": REGION,
+            "PYTHONUNBUFFERED": "1",
+        }
 
     def start(self) -> None:
         self.plane.start()
-        print(f"control plane ready in {self.plane.startup_seconds:.1f} s at {self.plane.server}\n")
+        print(f"control plane ready in {self.plane.startup_seconds:.1f} s at {self.plane.server}")
+        self.postgres.start()
+        print(f"Postgres ready at {self.postgres.dsn}\n")
+        self.nofx("db", "migrate")
         self.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+        print("\n# the platform admin's part: the admission policies, the namespace's account and")
+        print("# what its Agents may use")
+        self.kubectl("apply", "-k", "policies")
+        self.kubectl("label", "namespace", "default", f"nofx.dev/account={ACCOUNT}")
+        annotations = [f"{key}={value}" for key, value in AGENT_ACCESS.items()]
+        self.kubectl("annotate", "namespace", "default", *annotations)
+        wait_until(self._policies_loaded, 30, "the admission policies")
         health = free_port()
         self.operator = ManagedProcess(
             "nofx-operator",
@@ -72,11 +108,29 @@ class Demo:
                 str(health),
             ],
             self.plane.state_dir / "logs" / "operator.log",
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=self.env,
         )
         self.operator.start()
         wait_until(lambda: self._healthy(health), 60, "the operator")
         print(f"\noperator running (log: {self.operator.log_path})\n")
+
+    def _policies_loaded(self) -> bool:
+        """The API server enforces them a moment after they are created: until a Run billed to
+        another account is refused."""
+        steps = [{"name": "a", "agentRef": {"name": "a"}}]
+        probe = {
+            "apiVersion": "nofx.dev/v1alpha1",
+            "kind": "Run",
+            "metadata": {"name": "probe"},
+            "spec": {"account": "another", "steps": steps},
+        }
+        try:
+            self.kubectl(
+                "create", "--dry-run=server", "-f", "-", stdin=json.dumps(probe), show=False
+            )
+        except RuntimeError:
+            return True
+        return False
 
     def _healthy(self, port: int) -> bool:
         assert self.operator is not None
@@ -114,6 +168,39 @@ class Demo:
         print()
         self.kubectl("get", "nofx")
 
+    def show_the_record(self) -> None:
+        """What the mirror keeps in Postgres once the Runs have finished."""
+        wait_until(self._mirrored, 60, "the mirror to store every Run's audit events")
+        print("\n# the audit trail in Postgres: who did what, when, hash-chained")
+        self.nofx("audit", DEMO_RUN)
+        self.nofx("audit", "verify")
+        self.nofx("usage", "--account", ACCOUNT, "--since", datetime.now(UTC).strftime("%Y-%m-%d"))
+        print("\n# every version of a Template is kept: edit one and read its history")
+        edit = {"spec": {"description": "Backend, frontend and docs in parallel, then one review."}}
+        self.kubectl("patch", "template", "dag", "--type", "merge", "-p", json.dumps(edit))
+        wait_until(self._edit_recorded, 30, "the Template's new version in Postgres")
+        self.nofx("template", "history", "dag")
+
+    def _mirrored(self) -> bool:
+        runs = json.loads(self.kubectl("get", "runs", "-o", "json", show=False))["items"]
+        return all(not (r["status"].get("audit") or {}).get("pending") for r in runs)
+
+    def _edit_recorded(self) -> bool:
+        history = subprocess.run(
+            [sys.executable, "-m", "nofx.cli", "template", "history", "dag"],
+            env=self.env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        return len(history.stdout.strip().splitlines()) >= 3  # a header and two versions
+
+    def serve(self) -> None:
+        """Keeps everything running for a person to look around, until Ctrl-C."""
+        print("\neverything keeps running; in another terminal:")
+        print(f"  export KUBECONFIG={self.plane.kubeconfig} NOFX_DATABASE_URL={self.postgres.dsn}")
+        print(f"  export NOFX_REGION={REGION}")
+        print("  kubectl get runs; nofx audit dag-dark-mode; nofx usage --account team-web ...")
+        print("stop with Ctrl-C", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
     def print_steps(self, run: str) -> None:
         body = json.loads(self.kubectl("get", "run", run, "-o", "json", show=False))
         status = body["status"]
@@ -147,16 +234,25 @@ class Demo:
     def stop(self) -> None:
         if self.operator is not None:
             self.operator.stop()
+        self.postgres.stop()
+        shutil.rmtree(self.postgres.directory.parent, ignore_errors=True)
         self.plane.stop()
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
+    parser.add_argument("--serve", action="store_true", help="keep it all running until Ctrl-C")
+    args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="nofx-demo-") as state_dir:
         demo = Demo(Path(state_dir))
         try:
             demo.start()
             demo.run_samples()
+            demo.show_the_record()
+            if args.serve:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                demo.serve()
         except Exception:
             demo.explain_failure()
             raise

@@ -120,8 +120,8 @@ def test_transitions_in_order_with_a_valid_chain_and_usage_matching_the_pods(
     timeline = json.loads(mirrored.nofx("audit", "audited", "-n", namespace, "-o", "json").stdout)
     reasons = [(e["reason"], e["step"]) for e in timeline]
     assert reasons == [
-        ("StepStarted", "one"),
         ("RunRunning", None),
+        ("StepStarted", "one"),
         ("StepSucceeded", "one"),
         ("StepStarted", "two"),
         ("StepSucceeded", "two"),

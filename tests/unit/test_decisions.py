@@ -1477,11 +1477,11 @@ def test_transitions_tell_the_story_of_a_run() -> None:
     sim.decide()
     changes = transitions(old, sim.status)
     assert [(t.step, t.reason, t.from_phase, t.to_phase) for t in changes] == [
-        ("a", "StepStarted", None, "Running"),
         (None, "RunRunning", None, "Running"),
+        ("a", "StepStarted", None, "Running"),
     ]
-    assert changes[0].message.startswith("step a: attempt 1 running as Job demo-a-")
-    assert changes[1].message == "the Run is running"
+    assert changes[1].message.startswith("step a: attempt 1 running as Job demo-a-")
+    assert changes[0].message == "the Run is running"
     assert not any(t.warning for t in changes)
 
     old = sim.status
@@ -1540,14 +1540,14 @@ def test_transitions_of_waiting_pending_and_cancelled_runs() -> None:
     sim.decide()
     changes = transitions(old, sim.status)
     assert [(t.step, t.index, t.reason) for t in changes] == [
+        (None, None, "RunRunning"),  # the Run starts, then its steps do
         ("gate", None, "StepWaiting"),
         ("fan", None, "StepStarted"),
         ("fan", 0, "StepStarted"),
         ("fan", 1, "StepStarted"),
-        (None, None, "RunRunning"),
     ]
-    assert changes[0].message == "step gate: waiting for approval: ok?"
-    assert changes[2].message.startswith("step fan[0]: attempt 1 running")
+    assert changes[1].message == "step gate: waiting for approval: ok?"
+    assert changes[3].message.startswith("step fan[0]: attempt 1 running")
 
     sim.succeed("fan", 0)
     sim.succeed("fan", 1)
