@@ -8,11 +8,13 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from kubernetes.client.exceptions import ApiException
 
 from nofx import kube, sample_agent
 from nofx.api_errors import Conflict
+from nofx.evidence import bundle, dsse, export
 from nofx.mirror.store import Store
 
 
@@ -123,6 +125,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     sample_agent.add_arguments(sample)
     sample.set_defaults(handler=sample_agent.main)
+
+    evidence = commands.add_parser("evidence", help="signed evidence of finished Runs")
+    evidence_actions = evidence.add_subparsers(dest="action", required=True)
+    exporting = evidence_actions.add_parser("export", help="write a bundle for an auditor")
+    exporting.add_argument("--run", help="one Run (in -n NAMESPACE); else every Run of a period")
+    exporting.add_argument("--since", help="ISO date or time: Runs that finished since then")
+    exporting.add_argument("--until", help="ISO date or time (default: now)")
+    exporting.add_argument("--signing-key", required=True, help="ed25519 private key, PEM")
+    exporting.add_argument("--out", required=True, help="folder to write the bundle into")
+    _cluster_options(exporting)
+    _database_options(exporting)
+    exporting.set_defaults(handler=_evidence_export)
+    check = evidence_actions.add_parser("verify", help="check a bundle offline")
+    check.add_argument("bundle", help="the bundle's folder")
+    check.add_argument("--key", required=True, help="ed25519 public key, PEM")
+    check.set_defaults(handler=_evidence_verify)
 
     for kind in ("agent", "template"):
         command = commands.add_parser(kind, help=f"{kind} history")
@@ -272,9 +290,7 @@ def _actor(actor: str | None) -> str:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    since = datetime.fromisoformat(args.since)
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
+    since = _time(args.since)
     with _store(args) as store:
         rows = store.usage(args.account, since)
     if args.output == "json":
@@ -299,6 +315,35 @@ def _history(args: argparse.Namespace) -> int:
         at = stored.at.isoformat(timespec="seconds")
         print(f"{stored.version:>7}  {at:<26} {stored.spec_hash[:16]:<17} {_actor(stored.actor)}")
     return 0
+
+
+def _time(text: str) -> datetime:
+    """An ISO date or time; UTC unless it says otherwise."""
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _evidence_export(args: argparse.Namespace) -> int:
+    if bool(args.run) == bool(args.since):
+        raise CliError("name one Run with --run, or a period with --since [--until]")
+    key = dsse.load_private_key(Path(args.signing_key))
+    with _store(args) as store:
+        if args.run:
+            runs: list[tuple[str, str, str | None]] = [(args.namespace, args.run, None)]
+        else:
+            until = _time(args.until) if args.until else datetime.now(UTC)
+            runs = [*store.finished_runs(_time(args.since), until)]
+        for line in export.export(_client(args), store, runs, key, Path(args.out)):
+            print(line)
+    return 0
+
+
+def _evidence_verify(args: argparse.Namespace) -> int:
+    good, problems = bundle.verify(Path(args.bundle), dsse.load_public_key(Path(args.key)))
+    for problem in problems:
+        print(problem)
+    print(f"{good} Run(s) verified, {len(problems)} problem(s)")
+    return 1 if problems else 0
 
 
 def _rollback(args: argparse.Namespace) -> int:

@@ -4,15 +4,24 @@ writes. Tenants are users with client certificates of their own and a namespaced
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from nofx.api.identity import CHANGED_BY, CREATED_BY
 from nofx_dev.processes import wait_until
@@ -329,3 +338,47 @@ def test_an_approval_is_given_by_whoever_the_api_server_authenticated(tenancy: T
         r["step"]: r["actor"] for r in audit_rows(tenancy, "gated") if r["reason"] == "StepStarted"
     }
     assert started == {"build": "nofx-operator", "publish": "bob"}
+
+
+# --- evidence: a signed bundle an auditor checks offline ---
+
+
+def test_an_evidence_bundle_of_a_run_verifies_offline_and_names_what_was_changed(
+    tenancy: Tenancy, tmp_path: Path
+) -> None:
+    """The gated Run of the test above: who created it, who approved, signed."""
+    wait_for_phase(tenancy.mirrored.kubectl, tenancy.namespace, "gated", {"Succeeded"})
+    private, public = tmp_path / "signing.pem", tmp_path / "signing.pub.pem"
+    key = Ed25519PrivateKey.generate()
+    private.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    public.write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    out = tmp_path / "bundle"
+    kubeconfig = str(tenancy.mirrored.plane.kubeconfig)
+    exported = tenancy.mirrored.nofx(
+        "evidence", "export", "--run", "gated", "-n", tenancy.namespace,
+        "--signing-key", str(private), "--out", str(out), "--kubeconfig", kubeconfig,
+    )  # fmt: skip
+    assert "wrote" in exported.stdout
+    verified = subprocess.run(
+        [sys.executable, "-m", "nofx.cli", "evidence", "verify", str(out), "--key", str(public)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verified.returncode == 0 and "1 Run(s) verified, 0 problem(s)" in verified.stdout
+
+    [folder] = [path.parent for path in out.rglob("audit.json")]
+    envelope = json.loads((folder / "statement.dsse.json").read_text())
+    predicate = json.loads(base64.b64decode(envelope["payload"]))["predicate"]
+    assert predicate["run"]["createdBy"] == "alice"
+    assert predicate["approvals"][0]["approvedBy"] == "bob"
+    assert predicate["approvals"][0]["stepStartedBy"] == "bob"
+    assert predicate["auditTrail"]["verification"] == ["the chain verifies"]
+
+    rows = json.loads((folder / "audit.json").read_text())
+    (folder / "audit.json").write_text(json.dumps(rows[:-1]))  # the newest row removed
+    tampered = subprocess.run(
+        [sys.executable, "-m", "nofx.cli", "evidence", "verify", str(out), "--key", str(public)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert tampered.returncode == 1 and "not the file the statement signed" in tampered.stdout

@@ -70,6 +70,11 @@ class Parameter(ApiModel):
     enum: list[ParameterValue] | None = Field(
         default=None, max_length=64, description="If set, the value must be one of these."
     )
+    secret: bool = Field(
+        default=False,
+        description="Evidence bundles carry only the value's hash. The value is still in the "
+        "Run's spec and status: real credentials belong in Secrets an Agent names.",
+    )
 
 
 class AgentSelector(ApiModel):

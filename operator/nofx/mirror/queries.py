@@ -72,3 +72,26 @@ def usage(
             {"account": escape(account), "since": since, "region": region},
         )
         return [unescape_row(row) for row in cur.fetchall()]
+
+
+def run_usage(conn: psycopg.Connection[Any], region: str, run_uid: str) -> list[dict[str, Any]]:
+    """The usage record of every step attempt of one Run."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT * FROM usage_records WHERE region = %s AND run_uid = %s"
+            " ORDER BY step, item_key, attempt",
+            (region, run_uid),
+        )
+        return [unescape_row(row) for row in cur.fetchall()]
+
+
+def finished_runs(
+    conn: psycopg.Connection[Any], region: str, since: datetime, until: datetime
+) -> list[tuple[str, str, str]]:
+    """(namespace, name, uid) of the Runs that finished in [since, until), oldest first."""
+    rows = conn.execute(
+        "SELECT namespace, name, uid FROM runs WHERE region = %s"
+        " AND finished_at >= %s AND finished_at < %s ORDER BY finished_at",
+        (region, since, until),
+    ).fetchall()
+    return [(unescape(namespace), unescape(name), uid) for namespace, name, uid in rows]

@@ -201,6 +201,15 @@ class Store:
         with self._connection() as conn:
             return queries.usage(conn, self._region_filter(all_regions), account, since)
 
+    def run_usage(self, run_uid: str) -> list[dict[str, Any]]:
+        with self._connection() as conn:
+            return queries.run_usage(conn, self.region, run_uid)
+
+    def finished_runs(self, since: datetime, until: datetime) -> list[tuple[str, str, str]]:
+        """(namespace, name, uid) of the Runs that finished in [since, until)."""
+        with self._connection() as conn:
+            return queries.finished_runs(conn, self.region, since, until)
+
     def verify(self, stream: str | None = None) -> list[str]:
         """Recompute the chain of every (region, stream) in the database, or of one stream in
         every region: [] when intact, else one message per broken chain naming its first bad
