@@ -55,7 +55,9 @@ def verify(
     """Check every (region, stream) in the database, or one stream in every region."""
     found = Verification(keys)
     params = {"stream": stream, "terminal": sorted(TERMINAL_RUN_PHASES)}
-    with conn.transaction():  # one snapshot for every query
+    with conn.transaction():
+        # One snapshot for every query: a Run ending meanwhile is seen whole or not at all.
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         with conn.cursor(row_factory=dict_row) as cur:
             orphans: dict[StreamKey, list[Checkpoint]] = defaultdict(list)
             for row in cur.execute(ORPHAN_CHECKPOINTS, params):

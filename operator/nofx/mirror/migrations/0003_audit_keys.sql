@@ -18,6 +18,9 @@ CREATE TABLE audit_checkpoints (
     PRIMARY KEY (region, stream, seq)
 );
 
+-- `nofx audit verify RUN`: one stream's checkpoints, in every region.
+CREATE INDEX audit_checkpoints_by_stream ON audit_checkpoints (stream);
+
 CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
     FOR EACH ROW EXECUTE FUNCTION nofx_reject_change();
 CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
