@@ -21,6 +21,7 @@ import pytest
 
 from nofx.mirror import chain
 from nofx.mirror.errors import ChainGapError, Rejected
+from nofx.mirror.keys import KeyRing
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.store import Store
 from nofx_dev.postgres import PostgresServer
@@ -525,3 +526,25 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.1)
+
+
+def test_registry_heads_are_signed_when_changed_and_a_deleted_newest_row_shows(dsn: str) -> None:
+    with Store(dsn, "eu", keys=KeyRing({"k1": b"k" * 32}, "k1")) as store:
+        store.migrate()
+        for n in (1, 2):
+            spec = {"image": f"coder:{n}"}
+            store.record_version(SpecVersion("Agent", "team-a", "coder", "a1", spec, f"h{n}", T0))
+        assert store.checkpoint_registry() == 1
+        assert store.checkpoint_registry() == 0  # nothing changed since
+        store.record_deletion("Agent", "team-a", "coder", "a1", T0, "bob")
+        assert store.checkpoint_registry() == 1
+        assert rows(dsn, "SELECT seq, key_id FROM audit_checkpoints ORDER BY seq") == [
+            (2, "k1"),
+            (3, "k1"),
+        ]
+        assert store.verify().problems == []
+        superuser_edit(dsn, "DELETE FROM audit_events WHERE stream = 'agent/team-a/coder'"
+                       " AND seq = 3")  # fmt: skip
+        [problem] = store.verify().problems
+        assert problem.startswith("region eu stream agent/team-a/coder seq 3: deleted, the")
+        assert problem.endswith("signed it as the head; the stream now ends at seq 2")
