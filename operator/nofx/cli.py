@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from nofx import kube, sample_agent
 from nofx.api_errors import Conflict
 from nofx.evidence import bundle, dsse, export
+from nofx.mirror.keys import AuditKeyError, KeyRing
 from nofx.mirror.store import Store
 
 
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         "before the attempt fails",
     )
     _database_options(operator)
+    _key_options(operator, "sign audit rows and checkpoints with the current key")
     operator.set_defaults(handler=_operator)
 
     for name, text in (("approve", "approve a gated step of a Run"), ("cancel", "cancel a Run")):
@@ -111,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("-n", "--namespace", default="default")
     audit.add_argument("-o", "--output", choices=["table", "json"], default="table")
     _database_options(audit)
+    _key_options(audit, "with verify: check MACs (without, only what needs no key)")
     audit.set_defaults(handler=_audit)
 
     usage = commands.add_parser("usage", help="metered usage per agent and day")
@@ -136,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     exporting.add_argument("--out", required=True, help="folder to write the bundle into")
     _cluster_options(exporting)
     _database_options(exporting)
+    _key_options(exporting, "to check the MACs of the Runs' trails")
     exporting.set_defaults(handler=_evidence_export)
     check = evidence_actions.add_parser("verify", help="check a bundle offline")
     check.add_argument("bundle", help="the bundle's folder")
@@ -174,10 +178,28 @@ def _database_options(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _store(args: argparse.Namespace) -> Store:
+def _key_options(command: argparse.ArgumentParser, purpose: str) -> None:
+    command.add_argument(
+        "--audit-key-dir",
+        default=os.environ.get("NOFX_AUDIT_KEY_DIR"),
+        help=f"a directory of audit keys, one file per key id (a mounted Secret): {purpose}"
+        " (default: $NOFX_AUDIT_KEY_DIR)",
+    )
+
+
+def _keys(args: argparse.Namespace) -> KeyRing | None:
+    if not args.audit_key_dir:
+        return None
+    try:
+        return KeyRing.from_dir(args.audit_key_dir)
+    except (AuditKeyError, OSError) as error:
+        raise CliError(str(error)) from error
+
+
+def _store(args: argparse.Namespace, keys: KeyRing | None = None) -> Store:
     if not args.database_url:
         raise CliError("no database: pass --database-url or set NOFX_DATABASE_URL")
-    return Store(args.database_url, args.region)
+    return Store(args.database_url, args.region, keys=keys)
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -195,6 +217,7 @@ def _operator(args: argparse.Namespace) -> int:
             peering_lifetime=args.peering_lifetime,
             database_url=args.database_url,
             region=args.region,
+            audit_keys=_keys(args),
             max_child_run_depth=args.max_child_run_depth,
             max_child_runs=args.max_child_runs,
             pod_create_timeout=args.pod_create_timeout,
@@ -245,7 +268,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with _store(args, _keys(args) if args.run == "verify" else None) as store:
         return _audit_with(store, args)
 
 
@@ -257,12 +280,14 @@ def _audit_with(store: Store, args: argparse.Namespace) -> int:
             if not events:
                 raise CliError(f"no audit events for Run {args.namespace}/{args.target}")
             stream = events[-1]["stream"]
-        problems = store.verify(stream)
-        for problem in problems:
-            print(problem)
-        if problems:
+        found = store.verify(stream)
+        for line in [*found.problems, *(f"note: {note}" for note in found.notes())]:
+            print(line)
+        if found.problems:
+            print(f"{len(found.problems)} problems: {found.summary()}")
             return 1
-        print("every hash chain verifies" if stream is None else f"the chain of {stream} verifies")
+        verified = "every hash chain verifies" if stream is None else f"{stream} verifies"
+        print(f"{verified}: {found.summary()}")
         return 0
     events = store.timeline(args.namespace, args.run)
     if not events:
@@ -327,7 +352,7 @@ def _evidence_export(args: argparse.Namespace) -> int:
     if bool(args.run) == bool(args.since):
         raise CliError("name one Run with --run, or a period with --since [--until]")
     key = dsse.load_private_key(Path(args.signing_key))
-    with _store(args) as store:
+    with _store(args, _keys(args)) as store:
         if args.run:
             runs: list[tuple[str, str, str | None]] = [(args.namespace, args.run, None)]
         else:

@@ -15,6 +15,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from nofx import kube, metrics
+from nofx.mirror.keys import KeyRing
 from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
 from nofx.planner.facts import Limits
@@ -44,6 +45,7 @@ class Options:
     peering_lifetime: int = 60  # seconds a silent replica is still taken for alive
     database_url: str | None = None  # the Postgres mirror; none: no mirror
     region: str = "local"
+    audit_keys: KeyRing | None = None  # none: audit rows keep plain sha256 hashes
     workers: int = 16
     max_child_run_depth: int = 5
     max_child_runs: int = 500
@@ -99,7 +101,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     mirror = None
     if OPTIONS.database_url:
         # Opening the pool does not wait for Postgres: the operator runs while it is down.
-        mirror = MirrorWriter(Store(OPTIONS.database_url, OPTIONS.region), client)
+        store = Store(OPTIONS.database_url, OPTIONS.region, keys=OPTIONS.audit_keys)
+        mirror = MirrorWriter(store, client)
         mirror.start()
     indexes = {name: kwargs[name] for name in INDEXES}
     reconciler = RunReconciler(client, limits, mirror, indexes)
@@ -112,6 +115,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
             "namespaces": list(OPTIONS.namespaces) or "all",
             "region": OPTIONS.region,
             "mirror": bool(OPTIONS.database_url),
+            # Key ids only: the keys themselves never reach a log.
+            "audit_keys": OPTIONS.audit_keys.ids if OPTIONS.audit_keys else None,
+            "audit_signing_key": OPTIONS.audit_keys.current.id if OPTIONS.audit_keys else None,
         },
     )
 

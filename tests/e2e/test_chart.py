@@ -87,7 +87,8 @@ def test_rendered_output_passes_kubeconform_and_server_validation(
     plane: ControlPlane, tmp_path: Path, scope: str
 ) -> None:
     values = ["--set", "region=eu-west", "--set", "database.existingSecret=db",
-              "--set", f"rbac.scope={scope}"]  # fmt: skip
+              "--set", f"rbac.scope={scope}",
+              "--set", "audit.keySecret=nofx-audit-keys"]  # fmt: skip
     if scope == "namespaces":
         values += ["--set", "rbac.namespaces={team-a,team-b}"]
     rendered = helm(None, "template", RELEASE, str(CHART), "-n", NAMESPACE,
@@ -118,6 +119,26 @@ def test_rendered_output_passes_kubeconform_and_server_validation(
     assert dry_run.returncode == 0, dry_run.stderr
 
 
+def test_the_audit_key_secret_is_mounted_read_only_and_named_to_the_operator() -> None:
+    def operator_pod(*values: str) -> dict[str, Any]:
+        arguments = ["--kube-version", KUBE_VERSION, "--set", "region=eu", *values]
+        rendered = helm(None, "template", RELEASE, str(CHART), "-n", NAMESPACE, *arguments).stdout
+        [deployment] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
+        pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+        return pod
+
+    pod = operator_pod("--set", "audit.keySecret=nofx-audit-keys")
+    [volume] = [v for v in pod["volumes"] if v["name"] == "audit-keys"]
+    assert volume["secret"]["secretName"] == "nofx-audit-keys"
+    container = pod["containers"][0]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "audit-keys"]
+    assert mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NOFX_AUDIT_KEY_DIR"] == mount["mountPath"]
+    unkeyed = operator_pod()
+    assert "audit-keys" not in str(unkeyed) and "NOFX_AUDIT_KEY_DIR" not in str(unkeyed)
+
+
 def test_install_creates_the_deployment_rbac_and_service(installed: Kubectl) -> None:
     deployment = installed.json("get", "deployment", RELEASE, "-n", NAMESPACE)
     assert deployment["spec"]["replicas"] == 2
@@ -145,6 +166,7 @@ def test_install_creates_the_deployment_rbac_and_service(installed: Kubectl) -> 
         ({"region": "eu", "regoin": "eu"}, "regoin"),
         ({"region": "eu", "rbac": {"create": True, "scope": "namespaces"}}, "namespaces"),
         ({"region": "eu", "rbac": {"create": True, "scope": "everywhere"}}, "scope"),
+        ({"region": "eu", "audit": {"keySecret": "Audit_Keys"}}, "keySecret"),
     ],
 )
 def test_bad_values_are_refused_naming_the_value(

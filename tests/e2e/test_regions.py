@@ -106,4 +106,4 @@ def test_two_regions_replicate_into_the_global_database_exactly_once(
     )
     assert duplicates == []
     with Store(global_db.dsn, "global") as store:
-        assert store.verify() == []
+        assert store.verify().problems == []

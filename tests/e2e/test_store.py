@@ -21,6 +21,7 @@ import pytest
 
 from nofx.mirror import chain
 from nofx.mirror.errors import ChainGapError, Rejected
+from nofx.mirror.keys import KeyRing
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.store import Store
 from nofx_dev.postgres import PostgresServer
@@ -29,12 +30,13 @@ from ..conftest import new_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 3, 1, 9, 0, 0, 123456, tzinfo=UTC)
-ALL_MIGRATIONS = ["0001_initial", "0002_step_attempts"]
+ALL_MIGRATIONS = ["0001_initial", "0002_step_attempts", "0003_audit_keys"]
 MIRRORED = {
     "runs": "region, uid",
     "audit_events": "region, stream, seq",
     "usage_records": "region, run_uid, step, item_key, attempt",
     "spec_versions": "region, kind, namespace, name, version",
+    "audit_checkpoints": "region, stream, seq",
 }
 
 
@@ -164,8 +166,8 @@ def test_batches_chain_per_stream_and_rewrites_change_nothing(store: Store, dsn:
             assert prev_hash == prev
             assert digest == chain.event_hash(prev, event, "eu")
             prev = digest
-    assert store.verify() == []
-    assert store.verify("run/a") == []
+    assert store.verify().problems == []
+    assert store.verify("run/a").problems == []
 
 
 def test_a_different_event_under_a_stored_seq_keeps_the_first_and_the_chain(
@@ -179,7 +181,7 @@ def test_a_different_event_under_a_stored_seq_keeps_the_first_and_the_chain(
         (3, "regenerated 3"),
     ]
     assert "run/a seq 2 differs from the one already written" in caplog.text
-    assert store.verify() == []
+    assert store.verify().problems == []
 
 
 def test_a_gap_raises_and_writes_nothing_of_the_batch(store: Store, dsn: str) -> None:
@@ -191,7 +193,7 @@ def test_a_gap_raises_and_writes_nothing_of_the_batch(store: Store, dsn: str) ->
         store.write(run_events("c", [2, 3]), [], [])
     assert rows(dsn, "SELECT stream, seq FROM audit_events") == [("run/a", 1)]
     assert rows(dsn, "SELECT count(*) FROM usage_records") == [(0,)]
-    assert store.verify() == []
+    assert store.verify().problems == []
 
 
 def test_nul_is_stored_escaped_read_back_faithfully_and_verifies(store: Store, dsn: str) -> None:
@@ -201,7 +203,7 @@ def test_nul_is_stored_escaped_read_back_faithfully_and_verifies(store: Store, d
     store.write([event], [usage_record(agent="co\x00der")], [])
     store.write([event], [], [])  # the same entry again: recognised as stored, nothing added
     assert rows(dsn, "SELECT message FROM audit_events") == [("exit\u24000code \u2400\u2400 kept",)]
-    assert store.verify() == []
+    assert store.verify().problems == []
     assert [e["message"] for e in store.timeline("team-a", "nul")] == [message]
     assert [row["agent"] for row in store.usage("acme", T0)] == ["co\x00der"]
 
@@ -211,7 +213,7 @@ def test_nul_is_stored_escaped_read_back_faithfully_and_verifies(store: Store, d
     assert store.record_version(version) is None  # the same spec is recognised
     [stored] = store.versions("Agent", "team-a", "coder")
     assert (stored.spec, stored.actor) == (spec, "alice")
-    assert store.verify() == []
+    assert store.verify().problems == []
 
 
 def test_a_value_postgres_refuses_raises_rejected_and_writes_nothing(
@@ -228,7 +230,7 @@ def test_a_value_postgres_refuses_raises_rejected_and_writes_nothing(
 def test_verify_names_the_first_edited_or_missing_row(store: Store, dsn: str) -> None:
     store.write(run_events("a", range(1, 5)) + run_events("b", range(1, 5)), [], [])
     store.write(run_events("c", range(1, 5)) + run_events("d", range(1, 5)), [], [])
-    assert store.verify() == []
+    assert store.verify().problems == []
 
     # The append-only trigger refuses ordinary edits.
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
@@ -249,13 +251,13 @@ def test_verify_names_the_first_edited_or_missing_row(store: Store, dsn: str) ->
         chain.event_hash(prev, forged, "eu"),
     )
 
-    assert store.verify() == [
+    assert store.verify().problems == [
         "region eu stream run/a seq 2: hash mismatch, the row was changed after it was written",
-        "region eu stream run/b seq 4: gap, seq 3 is missing",
+        "region eu stream run/b seq 4: gap, seq 3 is missing (deleted)",
         "region eu stream run/c seq 3: prev_hash mismatch, it does not match the hash of seq 2",
     ]
-    assert store.verify("run/a") == [store.verify()[0]]
-    assert store.verify("run/d") == []
+    assert store.verify("run/a").problems == [store.verify().problems[0]]
+    assert store.verify("run/d").problems == []
 
 
 def test_usage_totals_per_agent_and_utc_day(store: Store) -> None:
@@ -351,7 +353,7 @@ def test_spec_versions_deletions_and_re_creation(store: Store) -> None:
         (4, "Deleted", "u1", None, "bob"),
         (5, "Created", "u2", v1.spec_hash, "alice"),
     ]
-    assert store.verify() == []
+    assert store.verify().problems == []
     with pytest.raises(ValueError, match="not 'Run'"):
         store.record_deletion("Run", "team-a", "demo", "r1", T0, None)
 
@@ -377,6 +379,7 @@ def test_timeline_lists_every_uid_of_a_run_oldest_first_in_seq_order(store: Stor
         "region",
         "prev_hash",
         "hash",
+        "key_id",
     }
     assert first["region"] == "eu" and first["at"] == old[0].at and first["prev_hash"] == ""
     with Store(store.dsn, "us") as us:
@@ -494,7 +497,7 @@ def test_regions_replicate_into_one_global_database_exactly_once() -> None:
         wait_for(replicated, 20, "the global database to hold every row of eu and us")
         by_region = rows(dsns["global"], "SELECT region, count(*) FROM audit_events GROUP BY 1")
         assert sorted(by_region) == [("eu", 16), ("us", 16)]
-        assert global_store.verify() == []
+        assert global_store.verify().problems == []
         assert len(global_store.timeline("team-a", "demo", all_regions=True)) == 4 * 5
 
         # The append-only trigger does not stop the apply worker: an edit made in a region
@@ -503,8 +506,9 @@ def test_regions_replicate_into_one_global_database_exactly_once() -> None:
             dsns["us"],
             "UPDATE audit_events SET message = 'edited' WHERE stream = 'run/us-1' AND seq = 4",
         )
-        wait_for(lambda: bool(global_store.verify()), 20, "the edit to reach the global database")
-        assert global_store.verify() == [
+        edited = "the edit to reach the global database"
+        wait_for(lambda: bool(global_store.verify().problems), 20, edited)
+        assert global_store.verify().problems == [
             "region us stream run/us-1 seq 4: hash mismatch, the row was changed after it was "
             "written"
         ]
@@ -522,3 +526,25 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.1)
+
+
+def test_registry_heads_are_signed_when_changed_and_a_deleted_newest_row_shows(dsn: str) -> None:
+    with Store(dsn, "eu", keys=KeyRing({"k1": b"k" * 32}, "k1")) as store:
+        store.migrate()
+        for n in (1, 2):
+            spec = {"image": f"coder:{n}"}
+            store.record_version(SpecVersion("Agent", "team-a", "coder", "a1", spec, f"h{n}", T0))
+        assert store.checkpoint_registry() == 1
+        assert store.checkpoint_registry() == 0  # nothing changed since
+        store.record_deletion("Agent", "team-a", "coder", "a1", T0, "bob")
+        assert store.checkpoint_registry() == 1
+        assert rows(dsn, "SELECT seq, key_id FROM audit_checkpoints ORDER BY seq") == [
+            (2, "k1"),
+            (3, "k1"),
+        ]
+        assert store.verify().problems == []
+        superuser_edit(dsn, "DELETE FROM audit_events WHERE stream = 'agent/team-a/coder'"
+                       " AND seq = 3")  # fmt: skip
+        [problem] = store.verify().problems
+        assert problem.startswith("region eu stream agent/team-a/coder seq 3: deleted, the")
+        assert problem.endswith("signed it as the head; the stream now ends at seq 2")

@@ -1,16 +1,29 @@
-"""The audit hash chain: canonical bytes and hashes of events, no database."""
+"""The audit hash chain: canonical bytes, hashes and MACs of events, and signed checkpoints of
+stream heads, no database."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from nofx.mirror.chain import FIRST_PREV_HASH, canonical, event_hash, stream_name
+from nofx.mirror.chain import (
+    CHECKPOINT_PREFIX,
+    FIRST_PREV_HASH,
+    Checkpoint,
+    canonical,
+    checkpoint_message,
+    checkpoint_signed_by,
+    event_hash,
+    sign_checkpoint,
+    stream_name,
+)
+from nofx.mirror.keys import AuditKey
 from nofx.mirror.records import AuditEvent
 
 EVENT = AuditEvent(
@@ -119,3 +132,46 @@ def test_stream_names() -> None:
     assert stream_name("Template", "team-a", "ship", "u2") == "template/team-a/ship"
     with pytest.raises(ValueError, match="no audit stream"):
         stream_name("Job", "team-a", "x", "u3")
+
+
+KEY = AuditKey("k1", b"k" * 32)
+
+
+def test_a_keyed_hash_is_hmac_sha256_of_the_same_bytes() -> None:
+    message = b"prev\n" + canonical(EVENT, "eu")
+    expected = hmac.new(KEY.secret, message, hashlib.sha256).hexdigest()
+    assert event_hash("prev", EVENT, "eu", KEY) == expected
+    assert event_hash("prev", EVENT, "eu", KEY) != event_hash("prev", EVENT, "eu")
+    assert event_hash("prev", EVENT, "eu", AuditKey("k2", b"j" * 32)) != expected
+
+
+def test_a_checkpoint_signs_canonical_json_of_the_head_after_a_prefix() -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    signed = sign_checkpoint(KEY, "eu", "run/0b7c", 7, "ab" * 32, at)
+    message = (
+        b"nofx-checkpoint/v1\n"
+        b'{"at":"2026-01-02T03:04:05.000006Z","hash":"' + b"ab" * 32 + b'","region":"eu",'
+        b'"seq":7,"stream":"run/0b7c"}'
+    )
+    assert checkpoint_message("eu", "run/0b7c", 7, "ab" * 32, at) == message
+    assert signed == Checkpoint(
+        "eu", "run/0b7c", 7, "ab" * 32, at, "k1",
+        hmac.new(KEY.secret, message, hashlib.sha256).hexdigest(),
+    )  # fmt: skip
+    assert checkpoint_signed_by(signed, KEY)
+    assert not checkpoint_signed_by(signed, AuditKey("k1", b"x" * 32))
+
+
+@pytest.mark.parametrize(
+    "change", [{"region": "us"}, {"stream": "run/ffff"}, {"seq": 8}, {"hash": "cd" * 32},
+               {"at": datetime(2026, 1, 2, tzinfo=UTC)}, {"mac": "00" * 32}],
+)  # fmt: skip
+def test_a_checkpoint_with_any_field_changed_no_longer_verifies(change: dict[str, Any]) -> None:
+    signed = sign_checkpoint(KEY, "eu", "run/0b7c", 7, "ab" * 32, datetime(2026, 1, 1, tzinfo=UTC))
+    assert not checkpoint_signed_by(dataclasses.replace(signed, **change), KEY)
+
+
+def test_no_row_message_can_pass_for_a_checkpoint() -> None:
+    # A row's signed bytes start with a hex hash (or nothing) and a newline, never the prefix.
+    assert not (FIRST_PREV_HASH + "\n").encode().startswith(CHECKPOINT_PREFIX)
+    assert CHECKPOINT_PREFIX.startswith(b"nofx-checkpoint/")

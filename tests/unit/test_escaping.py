@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from nofx.mirror import chain
+from nofx.mirror.audit_checks import first_break
 from nofx.mirror.escaping import (
     escape,
     escape_fields,
@@ -19,7 +20,6 @@ from nofx.mirror.escaping import (
 )
 from nofx.mirror.records import AuditEvent
 from nofx.mirror.streams import AUDIT_COLUMNS
-from nofx.mirror.verify import _first_break
 
 ESC = "\u2400"
 TRICKY = [
@@ -74,16 +74,19 @@ def test_the_chain_of_escaped_events_verifies_from_the_stored_columns() -> None:
     for seq, message in enumerate(["exit\x00code", f"{ESC}0 typed", "plain"], start=1):
         escaped = escape_fields(event(seq, message))
         digest = chain.event_hash(prev, escaped, "eu")
-        row = {"region": "eu", **dataclasses.asdict(escaped), "prev_hash": prev, "hash": digest}
+        row = {"region": "eu", **dataclasses.asdict(escaped), "prev_hash": prev, "hash": digest,
+               "key_id": None}  # fmt: skip
         assert set(row) == set(AUDIT_COLUMNS)
         stored.append(row)
         prev = digest
-    assert _first_break(stored) is None
+    assert first_break(stored, keys=None) is None
     assert unescape_row(stored[0])["message"] == "exit\x00code"
     assert unescape_row(stored[1])["message"] == f"{ESC}0 typed"
     # The escaping is covered by the hash: storing the raw NUL form would not verify.
     stored[0]["message"] = "exit\ufffdcode"
-    assert _first_break(stored) == "seq 1: hash mismatch, the row was changed after it was written"
+    assert first_break(stored, keys=None) == (
+        "seq 1: hash mismatch, the row was changed after it was written"
+    )
 
 
 def test_escape_fields_leaves_clean_records_untouched() -> None:

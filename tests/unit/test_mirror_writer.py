@@ -18,7 +18,7 @@ from nofx.api_errors import Conflict
 from nofx.mirror.errors import Rejected
 from nofx.mirror.folding import ACK_AFTER
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
-from nofx.mirror.writer import MirrorWriter
+from nofx.mirror.writer import CHECKPOINT_EVERY, MirrorWriter
 from nofx.own_writes import OwnWrites
 
 POISON = "poison"  # the fake Postgres refuses any row holding this
@@ -31,6 +31,7 @@ class FakeStore:
         self.batches: list[list[str]] = []  # Run names of each write() call
         self.down = False
         self.refusing = True
+        self.registry_checkpoints = 0  # checkpoint_registry() calls that went through
 
     def _check(self, values: Sequence[object]) -> None:
         if self.down:
@@ -54,6 +55,11 @@ class FakeStore:
 
     def record_deletion(self, *args: Any) -> None:
         self._check(list(args))
+
+    def checkpoint_registry(self) -> int:
+        self._check([])
+        self.registry_checkpoints += 1
+        return 0
 
     def stored(self, name: str) -> list[int]:
         return sorted(seq for run, seq in self.events if run == name)
@@ -311,3 +317,21 @@ def test_stored_entries_no_write_came_for_are_acknowledged_after_a_while(setup: 
     setup.flush(after=ACK_AFTER)
     assert setup.kube.pending("slow") == []
     assert setup.store.stored("slow") == [1], "written once: a stored entry is not written again"
+
+
+def test_registry_heads_are_signed_once_a_minute_and_a_failure_waits_its_turn(
+    setup: Setup,
+) -> None:
+    setup.flush()
+    assert setup.store.registry_checkpoints == 0
+    setup.flush(after=CHECKPOINT_EVERY)
+    setup.flush(after=1)
+    assert setup.store.registry_checkpoints == 1
+    setup.store.down = True
+    with pytest.raises(psycopg.OperationalError):
+        setup.flush(after=CHECKPOINT_EVERY)
+    setup.store.down = False
+    setup.flush(after=1)
+    assert setup.store.registry_checkpoints == 1
+    setup.flush(after=CHECKPOINT_EVERY)
+    assert setup.store.registry_checkpoints == 2

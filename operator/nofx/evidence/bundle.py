@@ -28,7 +28,7 @@ class RunEvidence:
     run: Mapping[str, Any]  # as the API server returns it
     audit_rows: Sequence[Mapping[str, Any]]  # its stream, in seq order
     usage_rows: Sequence[Mapping[str, Any]]
-    verification: Sequence[str]  # the chain's problems, none if it verifies
+    verification: Sequence[str]  # what checking the Run's stream in the mirror found
 
 
 def write(evidence: RunEvidence, key: Ed25519PrivateKey, out: Path) -> Path:

@@ -36,5 +36,9 @@ def export(
         uid = run["metadata"]["uid"]
         stream = stream_name("Run", namespace, name, uid)
         rows = [event for event in store.timeline(namespace, name) if event["stream"] == stream]
-        evidence = bundle.RunEvidence(run, rows, store.run_usage(uid), store.verify(stream))
+        checked = store.verify(stream)
+        verification = [*checked.problems, *(f"note: {note}" for note in checked.notes())]
+        if not checked.problems:
+            verification.insert(0, f"the chain verifies: {checked.summary()}")
+        evidence = bundle.RunEvidence(run, rows, store.run_usage(uid), verification)
         yield f"wrote {bundle.write(evidence, key, out)}"

@@ -15,10 +15,13 @@ from psycopg.types.json import Jsonb
 
 from nofx.mirror import chain, streams
 from nofx.mirror.escaping import escape_fields, escape_json
+from nofx.mirror.keys import AuditKey
 from nofx.mirror.records import AuditEvent, SpecVersion
 
 
-def record_version(cur: psycopg.Cursor[Any], region: str, version: SpecVersion) -> int | None:
+def record_version(
+    cur: psycopg.Cursor[Any], region: str, version: SpecVersion, key: AuditKey | None
+) -> int | None:
     """Store the spec as version N+1 with its audit event, unless the latest version of
     the same object (same uid) has the same spec_hash; returns N+1, or None.
 
@@ -68,7 +71,7 @@ def record_version(cur: psycopg.Cursor[Any], region: str, version: SpecVersion) 
         actor=version.actor,
         spec_hash=version.spec_hash,
     )
-    cur.execute(streams.INSERT_EVENT, streams.event_row(region, escape_fields(event), prev))
+    cur.execute(streams.INSERT_EVENT, streams.event_row(region, escape_fields(event), prev, key))
     return number
 
 
@@ -81,6 +84,7 @@ def record_deletion(
     uid: str,
     at: datetime,
     actor: str | None,
+    key: AuditKey | None,
 ) -> None:
     """Append a Deleted event to the Agent's or Template's stream, once per uid."""
     stream = registry_stream(kind, namespace, name)
@@ -105,7 +109,7 @@ def record_deletion(
         message=f"{kind} {namespace}/{name} deleted",
         actor=actor,
     )
-    cur.execute(streams.INSERT_EVENT, streams.event_row(region, escape_fields(event), prev))
+    cur.execute(streams.INSERT_EVENT, streams.event_row(region, escape_fields(event), prev, key))
 
 
 def registry_stream(kind: str, namespace: str, name: str) -> str:

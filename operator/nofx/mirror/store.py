@@ -1,7 +1,10 @@
 """The mirror's Postgres database: a pool of connections, batched idempotent writes of audit
 events, usage and Runs, and the entry points of the other mirror modules (migrations in
 schema.py, chained appends in streams.py, Agent and Template history in history.py, the CLI's
-reads in queries.py, the chain check in verify.py).
+reads in queries.py, signed checkpoints in checkpoints.py, the chain check in verify.py).
+
+With audit keys (keys.py), rows are hashed with the current key and the heads of finished Runs
+and changed Agent and Template streams are signed; without, rows keep plain sha256 hashes.
 
 Writes are keyed by natural keys and the Store's region, so writing the same batch twice (an
 operator that crashed before it learned of its commit) changes nothing. Reads of history are
@@ -20,9 +23,11 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from nofx.api.run import TERMINAL_RUN_PHASES
-from nofx.mirror import history, queries, schema, streams
+from nofx.mirror import checkpoints, history, queries, schema, streams
+from nofx.mirror.audit_checks import Verification
 from nofx.mirror.errors import refusals_as_rejected
 from nofx.mirror.escaping import escape_fields
+from nofx.mirror.keys import AuditKey, KeyRing
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.verify import verify as verify_chains
 
@@ -68,6 +73,7 @@ class Store:
         dsn: str,
         region: str,
         *,
+        keys: KeyRing | None = None,
         min_size: int = 1,
         max_size: int = 4,
         timeout: float = 30.0,
@@ -76,6 +82,7 @@ class Store:
             raise ValueError("a Store needs a region: it tags every row it writes")
         self.dsn = dsn
         self.region = region
+        self.keys = keys
         # check_connection: after a Postgres restart, a stale pooled connection is replaced
         # before use instead of failing the next write.
         self._pool = ConnectionPool(
@@ -150,9 +157,13 @@ class Store:
         usage = [escape_fields(record) for record in usage]
         runs = [escape_fields(run) for run in runs]
         with self._transaction() as cur:
-            rows = streams.chain_rows(cur, self.region, events)
+            rows = streams.chain_rows(cur, self.region, events, self.keys)
             if rows:
                 cur.executemany(streams.INSERT_EVENT, rows)
+                if self.keys:
+                    checkpoints.checkpoint_finished_runs(
+                        cur, self.region, rows, runs, self.keys.current, datetime.now(UTC)
+                    )
             if usage:
                 cur.executemany(INSERT_USAGE, [self._usage_row(record) for record in usage])
             if runs:
@@ -166,14 +177,29 @@ class Store:
         """Store the spec as version N+1 with its audit event, unless the latest version of
         the same object (same uid) has the same spec_hash; returns N+1, or None (history.py)."""
         with self._transaction() as cur:
-            return history.record_version(cur, self.region, version)
+            return history.record_version(cur, self.region, version, self._signing_key())
 
     def record_deletion(
         self, kind: str, namespace: str, name: str, uid: str, at: datetime, actor: str | None
     ) -> None:
         """Append a Deleted event to the Agent's or Template's stream, once per uid."""
         with self._transaction() as cur:
-            history.record_deletion(cur, self.region, kind, namespace, name, uid, at, actor)
+            history.record_deletion(
+                cur, self.region, kind, namespace, name, uid, at, actor, self._signing_key()
+            )
+
+    def checkpoint_registry(self) -> int:
+        """Sign the head of every Agent and Template stream of this region that changed since
+        its last checkpoint; returns how many were signed (none without keys)."""
+        if not self.keys:
+            return 0
+        with self._transaction() as cur:
+            return checkpoints.checkpoint_registry(
+                cur, self.region, self.keys.current, datetime.now(UTC)
+            )
+
+    def _signing_key(self) -> AuditKey | None:
+        return self.keys.current if self.keys else None
 
     def _usage_row(self, record: UsageRecord) -> dict[str, Any]:
         billed_at = record.finished_at or record.started_at or datetime.now(UTC)
@@ -210,12 +236,12 @@ class Store:
         with self._connection() as conn:
             return queries.finished_runs(conn, self.region, since, until)
 
-    def verify(self, stream: str | None = None) -> list[str]:
-        """Recompute the chain of every (region, stream) in the database, or of one stream in
-        every region: [] when intact, else one message per broken chain naming its first bad
-        row (verify.py)."""
+    def verify(self, stream: str | None = None) -> Verification:
+        """Check every (region, stream) in the database, or one stream in every region: its
+        chain, the MACs of its rows and checkpoints (with the Store's keys), the heads its
+        checkpoints signed, and that a finished Run has one (verify.py)."""
         with self._connection() as conn:
-            return verify_chains(conn, stream)
+            return verify_chains(conn, stream, self.keys)
 
     def _region_filter(self, all_regions: bool) -> str | None:
         return None if all_regions else self.region

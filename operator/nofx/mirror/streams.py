@@ -1,5 +1,6 @@
 """Appending to audit streams in Postgres, inside a caller's transaction: lock the streams,
-link each new event to its stored predecessor (or to one earlier in the batch), hash it.
+link each new event to its stored predecessor (or to one earlier in the batch), hash it (with
+the current audit key, if any, whose id the row keeps).
 
 Every function takes the cursor of an open transaction and the region whose rows it reads and
 writes; a stream's lock is held until that transaction ends.
@@ -16,12 +17,13 @@ from psycopg import sql
 
 from nofx.mirror import chain
 from nofx.mirror.errors import ChainGapError, Rejected
+from nofx.mirror.keys import AuditKey, KeyRing
 from nofx.mirror.records import AuditEvent
 
 log = logging.getLogger(__name__)
 
 EVENT_FIELDS = [f.name for f in dataclasses.fields(AuditEvent)]
-AUDIT_COLUMNS = ["region", *EVENT_FIELDS, "prev_hash", "hash"]
+AUDIT_COLUMNS = ["region", *EVENT_FIELDS, "prev_hash", "hash", "key_id"]
 
 INSERT_EVENT = sql.SQL("INSERT INTO audit_events ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
     sql.SQL(", ").join(map(sql.Identifier, AUDIT_COLUMNS)),
@@ -40,9 +42,9 @@ def lock_streams(cur: psycopg.Cursor[Any], region: str, streams: list[str]) -> N
 
 
 def chain_rows(
-    cur: psycopg.Cursor[Any], region: str, events: list[AuditEvent]
+    cur: psycopg.Cursor[Any], region: str, events: list[AuditEvent], keys: KeyRing | None
 ) -> list[dict[str, Any]]:
-    """Rows (with prev_hash and hash) of the events not yet stored, after locking their
+    """Rows (with prev_hash, hash and key_id) of the events not yet stored, after locking their
     streams; links to stored predecessors or to earlier events of the batch."""
     if not events:
         return []
@@ -58,13 +60,17 @@ def chain_rows(
         low[e.stream] = min(low.get(e.stream, e.seq), e.seq - 1)
         high[e.stream] = max(high.get(e.stream, e.seq), e.seq)
     cur.execute(
-        "SELECT a.stream, a.seq, a.hash"
+        "SELECT a.stream, a.seq, a.hash, a.key_id"
         " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS w(stream, low, high),"
-        " LATERAL (SELECT stream, seq, hash FROM audit_events WHERE region = %s"
+        " LATERAL (SELECT stream, seq, hash, key_id FROM audit_events WHERE region = %s"
         "          AND stream = w.stream AND seq BETWEEN w.low AND w.high) AS a",
         (list(low), list(low.values()), [high[stream] for stream in low], region),
     )
-    hashes: dict[tuple[str, int], str] = {(s, seq): h for s, seq, h in cur.fetchall()}
+    hashes: dict[tuple[str, int], str] = {}
+    key_ids: dict[tuple[str, int], str | None] = {}
+    for stream, seq, digest, key_id in cur.fetchall():
+        hashes[(stream, seq)], key_ids[(stream, seq)] = digest, key_id
+    signing_key = keys.current if keys else None
     rows = []
     for event in sorted(events, key=lambda e: (e.stream, e.seq)):
         prev = (
@@ -73,7 +79,11 @@ def chain_rows(
         known = hashes.get((event.stream, event.seq))
         if known is not None:
             # Already stored (or earlier in this batch): the first version stays.
-            if prev is not None and chain.event_hash(prev, event, region) != known:
+            key_id = key_ids.get((event.stream, event.seq))
+            key = keys.get(key_id) if keys and key_id else None
+            if key_id and key is None:
+                continue  # signed with a key we no longer hold: nothing to compare with
+            if prev is not None and chain.event_hash(prev, event, region, key) != known:
                 log.warning(
                     "audit event %s seq %d differs from the one already written; kept the first",
                     event.stream,
@@ -85,8 +95,9 @@ def chain_rows(
                 f"audit stream {event.stream!r} of region {region!r}: cannot write seq"
                 f" {event.seq}, seq {event.seq - 1} is neither stored nor in this batch"
             )
-        row = event_row(region, event, prev)
+        row = event_row(region, event, prev, signing_key)
         hashes[(event.stream, event.seq)] = row["hash"]
+        key_ids[(event.stream, event.seq)] = row["key_id"]
         rows.append(row)
     return rows
 
@@ -108,6 +119,9 @@ def row(region: str, record: Any) -> dict[str, Any]:
     return {"region": region, **{f.name: getattr(record, f.name) for f in fields}}
 
 
-def event_row(region: str, event: AuditEvent, prev_hash: str) -> dict[str, Any]:
-    digest = chain.event_hash(prev_hash, event, region)
-    return {**row(region, event), "prev_hash": prev_hash, "hash": digest}
+def event_row(
+    region: str, event: AuditEvent, prev_hash: str, key: AuditKey | None
+) -> dict[str, Any]:
+    digest = chain.event_hash(prev_hash, event, region, key)
+    key_id = key.id if key else None
+    return {**row(region, event), "prev_hash": prev_hash, "hash": digest, "key_id": key_id}

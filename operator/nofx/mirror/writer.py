@@ -10,6 +10,7 @@ One object whose rows Postgres refuses (errors.Rejected) never holds back the ot
 is written again Run by Run (batches.py), and the refused object is held back, retried alone
 with backoff, and reported where people look (a Warning Event and a Mirrored condition on it).
 A Run whose acknowledgement (acknowledgement.py) failed is offered again by the writer itself.
+With audit keys, it also signs the heads of changed Agent and Template streams every minute.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ BATCH_RUNS = 200  # Runs per transaction
 ACK_THREADS = 8  # acknowledgements in flight at once: each is one API round trip
 MAX_BACKOFF = 30.0
 RETRY_FIRST = 1.0  # seconds before a refused Run or object, or an acknowledgement, is retried
+# Seconds between checkpoints of the Agent and Template streams that changed: how long a
+# deleted newest registry row can go unnoticed (a Run's head is signed when the Run ends).
+CHECKPOINT_EVERY = 60.0
 
 
 class MirrorWriter:
@@ -49,6 +53,8 @@ class MirrorWriter:
     ) -> None:
         self.store = store
         self.kube = kube
+        self._clock = clock
+        self._next_checkpoint = clock() + CHECKPOINT_EVERY
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -125,6 +131,13 @@ class MirrorWriter:
         self._write_versions()
         self._retry_refused_runs()
         self._write_runs()
+        self._checkpoint_registry()  # last: never delays what is still to be written
+
+    def _checkpoint_registry(self) -> None:
+        if self._clock() < self._next_checkpoint:
+            return
+        self._next_checkpoint = self._clock() + CHECKPOINT_EVERY  # a failure waits its turn too
+        self.store.checkpoint_registry()
 
     def _write_versions(self) -> None:
         """In order; a refused object's later versions wait behind it, the others go on."""
