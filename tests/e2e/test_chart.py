@@ -1,5 +1,6 @@
 """The Helm chart on the real control plane: lint, schema-valid output, install, values refused
-with a message naming the value, and RBAC that is enough for the operator and no more."""
+with a message naming the value, and RBAC that is enough for the operator and no more. The tests
+marked `oldest` are also the chart's half of `make smoke-oldest` (Kubernetes 1.35)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def installed(plane: ControlPlane) -> Kubectl:
     return kubectl
 
 
+@pytest.mark.oldest
 def test_lint_is_clean(kube_version: str) -> None:
     result = helm(None, "lint", str(CHART), "--strict", "--kube-version", kube_version,
                   "--set", "region=eu-west")  # fmt: skip
@@ -88,6 +90,7 @@ def crd_schemas(folder: Path) -> str:
     return str(folder) + "/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"
 
 
+@pytest.mark.oldest
 @pytest.mark.parametrize("version", ["1.34.0", "v1.34.9-gke.100"])
 def test_a_cluster_older_than_the_supported_range_is_refused(version: str) -> None:
     result = helm(None, "template", RELEASE, str(CHART), "--kube-version", version,
@@ -96,11 +99,13 @@ def test_a_cluster_older_than_the_supported_range_is_refused(version: str) -> No
     assert "requires kubeVersion: >=1.35.0-0" in result.stderr, result.stderr
 
 
+@pytest.mark.oldest
 def test_the_oldest_supported_version_renders() -> None:
     helm(None, "template", RELEASE, str(CHART), "--kube-version", "1.35.0-eks-1",
          "--set", "region=eu-west")  # fmt: skip
 
 
+@pytest.mark.oldest
 @pytest.mark.parametrize("scope", ["cluster", "namespaces"])
 def test_rendered_output_passes_kubeconform_and_server_validation(
     plane: ControlPlane, tmp_path: Path, scope: str
@@ -138,6 +143,7 @@ def test_rendered_output_passes_kubeconform_and_server_validation(
     assert dry_run.returncode == 0, dry_run.stderr
 
 
+@pytest.mark.oldest
 def test_install_creates_the_deployment_rbac_and_service(installed: Kubectl) -> None:
     deployment = installed.json("get", "deployment", RELEASE, "-n", NAMESPACE)
     assert deployment["spec"]["replicas"] == 2
@@ -161,6 +167,7 @@ def minor(version: str) -> int:
     return int(version.removeprefix("v").split(".")[1])
 
 
+@pytest.mark.oldest
 def test_the_identity_policy_is_installed_where_served_else_the_notes_say_so(
     plane: ControlPlane, installed: Kubectl, kube_version: str
 ) -> None:
@@ -245,8 +252,10 @@ def operator_as_the_chart(
         operator.stop()
 
 
-SCENARIOS: list[Callable[..., None]] = [
-    test_runs.test_linear_run_succeeds_with_outputs_passed_downstream,
+SCENARIOS: list[Any] = [
+    pytest.param(
+        test_runs.test_linear_run_succeeds_with_outputs_passed_downstream, marks=pytest.mark.oldest
+    ),
     test_runs.test_retry_then_success,
     test_runs.test_cancel_mid_run,
     test_runs.test_approval_gate_waits_until_approved,
