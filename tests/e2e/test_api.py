@@ -11,6 +11,9 @@ import pytest
 
 from ..conftest import Kubectl
 
+# The CRDs are part of the smoke on the oldest supported Kubernetes (make smoke-oldest).
+pytestmark = pytest.mark.oldest
+
 REPO = Path(__file__).resolve().parents[2]
 INVALID = sorted((REPO / "tests" / "e2e" / "invalid").glob("*.yaml"))
 

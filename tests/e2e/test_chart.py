@@ -1,5 +1,6 @@
 """The Helm chart on the real control plane: lint, schema-valid output, install, values refused
-with a message naming the value, and RBAC that is enough for the operator and no more."""
+with a message naming the value, and RBAC that is enough for the operator and no more. The tests
+marked `oldest` are also the chart's half of `make smoke-oldest` (Kubernetes 1.35)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from . import test_runs
 from .conftest import REPO, OperatorProcess
 
 CHART = REPO / "charts" / "nofx"
-KUBE_VERSION = "1.37.2"  # the pinned control plane (tools/build.sh)
 RELEASE, NAMESPACE = "nofx", "nofx-system"
 IDENTITY = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
 
@@ -44,6 +44,12 @@ def plane(start_plane: Callable[..., ControlPlane]) -> ControlPlane:
 
 
 @pytest.fixture(scope="module")
+def kube_version(plane: ControlPlane) -> str:
+    """The version the running plane reports (tools/build.sh pins it): the chart's target."""
+    return str(Kubectl(plane.kubeconfig).json("version")["serverVersion"]["gitVersion"])
+
+
+@pytest.fixture(scope="module")
 def installed(plane: ControlPlane) -> Kubectl:
     kubectl = Kubectl(plane.kubeconfig)
     kubectl.run("create", "namespace", NAMESPACE, check=False)  # another test may have made it
@@ -52,6 +58,7 @@ def installed(plane: ControlPlane) -> Kubectl:
         "--from-literal=url=postgresql://nofx@postgres.invalid/nofx",
     )  # fmt: skip
     # --wait: the migration hook Job and both operator replicas run (on kwok's fake Nodes).
+    # Helm checks the chart's kubeVersion against the server's version here.
     helm(
         plane, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--wait", "--timeout", "120s",
         "--set", "region=eu-west", "--set", "database.existingSecret=nofx-database",
@@ -59,8 +66,9 @@ def installed(plane: ControlPlane) -> Kubectl:
     return kubectl
 
 
-def test_lint_is_clean() -> None:
-    result = helm(None, "lint", str(CHART), "--strict", "--kube-version", KUBE_VERSION,
+@pytest.mark.oldest
+def test_lint_is_clean(kube_version: str) -> None:
+    result = helm(None, "lint", str(CHART), "--strict", "--kube-version", kube_version,
                   "--set", "region=eu-west")  # fmt: skip
     assert "0 chart(s) failed" in result.stdout
     assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
@@ -82,6 +90,22 @@ def crd_schemas(folder: Path) -> str:
     return str(folder) + "/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"
 
 
+@pytest.mark.oldest
+@pytest.mark.parametrize("version", ["1.34.0", "v1.34.9-gke.100"])
+def test_a_cluster_older_than_the_supported_range_is_refused(version: str) -> None:
+    result = helm(None, "template", RELEASE, str(CHART), "--kube-version", version,
+                  "--set", "region=eu-west", check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "requires kubeVersion: >=1.35.0-0" in result.stderr, result.stderr
+
+
+@pytest.mark.oldest
+def test_the_oldest_supported_version_renders() -> None:
+    helm(None, "template", RELEASE, str(CHART), "--kube-version", "1.35.0-eks-1",
+         "--set", "region=eu-west")  # fmt: skip
+
+
+@pytest.mark.oldest
 @pytest.mark.parametrize("scope", ["cluster", "namespaces"])
 def test_rendered_output_passes_kubeconform_and_server_validation(
     plane: ControlPlane, tmp_path: Path, scope: str
@@ -91,8 +115,9 @@ def test_rendered_output_passes_kubeconform_and_server_validation(
               "--set", "audit.keySecret=nofx-audit-keys"]  # fmt: skip
     if scope == "namespaces":
         values += ["--set", "rbac.namespaces={team-a,team-b}"]
-    rendered = helm(None, "template", RELEASE, str(CHART), "-n", NAMESPACE,
-                    "--kube-version", KUBE_VERSION, *values).stdout  # fmt: skip
+    # --validate: rendered for the running plane's version and APIs, and checked by it.
+    rendered = helm(plane, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--validate",
+                    *values).stdout  # fmt: skip
     manifests = tmp_path / "rendered.yaml"
     manifests.write_text(rendered)
     samples = sorted(
@@ -119,9 +144,11 @@ def test_rendered_output_passes_kubeconform_and_server_validation(
     assert dry_run.returncode == 0, dry_run.stderr
 
 
-def test_the_audit_key_secret_is_mounted_read_only_and_named_to_the_operator() -> None:
+def test_the_audit_key_secret_is_mounted_read_only_and_named_to_the_operator(
+    kube_version: str,
+) -> None:
     def operator_pod(*values: str) -> dict[str, Any]:
-        arguments = ["--kube-version", KUBE_VERSION, "--set", "region=eu", *values]
+        arguments = ["--kube-version", kube_version, "--set", "region=eu", *values]
         rendered = helm(None, "template", RELEASE, str(CHART), "-n", NAMESPACE, *arguments).stdout
         [deployment] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
         pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
@@ -139,6 +166,7 @@ def test_the_audit_key_secret_is_mounted_read_only_and_named_to_the_operator() -
     assert "audit-keys" not in str(unkeyed) and "NOFX_AUDIT_KEY_DIR" not in str(unkeyed)
 
 
+@pytest.mark.oldest
 def test_install_creates_the_deployment_rbac_and_service(installed: Kubectl) -> None:
     deployment = installed.json("get", "deployment", RELEASE, "-n", NAMESPACE)
     assert deployment["spec"]["replicas"] == 2
@@ -156,6 +184,28 @@ def test_install_creates_the_deployment_rbac_and_service(installed: Kubectl) -> 
     installed("get", "clusterrolebinding", RELEASE)
     installed("get", "poddisruptionbudget", RELEASE, "-n", NAMESPACE)
     installed("get", "clusterkopfpeering", "nofx")
+
+
+def minor(version: str) -> int:
+    return int(version.removeprefix("v").split(".")[1])
+
+
+@pytest.mark.oldest
+def test_the_identity_policy_is_installed_where_served_else_the_notes_say_so(
+    plane: ControlPlane, installed: Kubectl, kube_version: str
+) -> None:
+    v1 = json.loads(installed("get", "--raw", "/apis/admissionregistration.k8s.io/v1"))
+    served = any(r["name"] == "mutatingadmissionpolicies" for r in v1["resources"])
+    assert served == (minor(kube_version) >= 36)  # GA, on by default, in 1.36
+    notes = helm(plane, "get", "notes", RELEASE, "-n", NAMESPACE).stdout
+    if served:
+        names = installed("get", "mutatingadmissionpolicies", "-o", "name").split()
+        assert {"mutatingadmissionpolicy.admissionregistration.k8s.io/nofx-identity",
+                "mutatingadmissionpolicy.admissionregistration.k8s.io/nofx-audit-finalizer",
+                } <= set(names)  # fmt: skip
+        assert "does not serve" not in notes
+    else:
+        assert "does not serve admissionregistration.k8s.io/v1 MutatingAdmissionPolicy" in notes
 
 
 @pytest.mark.parametrize(
@@ -226,8 +276,10 @@ def operator_as_the_chart(
         operator.stop()
 
 
-SCENARIOS: list[Callable[..., None]] = [
-    test_runs.test_linear_run_succeeds_with_outputs_passed_downstream,
+SCENARIOS: list[Any] = [
+    pytest.param(
+        test_runs.test_linear_run_succeeds_with_outputs_passed_downstream, marks=pytest.mark.oldest
+    ),
     test_runs.test_retry_then_success,
     test_runs.test_cancel_mid_run,
     test_runs.test_approval_gate_waits_until_approved,
@@ -260,7 +312,7 @@ def cluster_role_rules(documents: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("overlay", ["eu-west", "us-east"])
 def test_kustomize_overlays_pass_server_validation_with_the_charts_rbac(
-    plane: ControlPlane, overlay: str
+    plane: ControlPlane, kube_version: str, overlay: str
 ) -> None:
     kubectl = Kubectl(plane.kubeconfig)
     rendered = kubectl("kustomize", str(REPO / "manifests" / "kustomize" / "overlays" / overlay))
@@ -271,5 +323,5 @@ def test_kustomize_overlays_pass_server_validation_with_the_charts_rbac(
                           "-f", "-", input=rendered, check=False)  # fmt: skip
     assert dry_run.returncode == 0, dry_run.stderr
     chart = helm(None, "template", RELEASE, str(CHART), "-n", NAMESPACE,
-                 "--kube-version", KUBE_VERSION, "--set", "region=eu-west").stdout  # fmt: skip
+                 "--kube-version", kube_version, "--set", "region=eu-west").stdout  # fmt: skip
     assert cluster_role_rules(rendered) == cluster_role_rules(chart)

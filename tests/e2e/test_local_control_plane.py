@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -65,12 +66,24 @@ def job_pods(kubectl: Kubectl, namespace: str, job: str) -> list[dict]:
     return kubectl.json("get", "pods", "-n", namespace, "-l", f"job-name={job}")["items"]
 
 
+@pytest.mark.oldest
 def test_readyz_and_api_resources(kubectl: Kubectl) -> None:
     assert kubectl("get", "--raw", "/readyz") == "ok"
     resources = kubectl("api-resources", "--api-group=batch", "-o", "name").split()
     assert "jobs.batch" in resources
 
 
+@pytest.mark.oldest
+def test_server_and_kubectl_report_the_same_real_version(kubectl: Kubectl) -> None:
+    # tools/build.sh's ldflags: without them both say v0.0.0-master and kubectl cannot parse it.
+    versions = kubectl.json("version")
+    server, client = versions["serverVersion"], versions["clientVersion"]
+    assert re.fullmatch(r"v1\.\d+\.\d+", server["gitVersion"]), server
+    assert (server["major"], server["minor"]) == tuple(server["gitVersion"][1:].split(".")[:2])
+    assert (client["gitVersion"], client["minor"]) == (server["gitVersion"], server["minor"])
+
+
+@pytest.mark.oldest
 def test_job_completes_and_its_pod_is_garbage_collected(kubectl: Kubectl, namespace: str) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=job_manifest("hello"))
     wait_for(kubectl, namespace, "job/hello", "condition=Complete")

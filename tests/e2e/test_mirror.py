@@ -100,6 +100,7 @@ def wait_mirrored(
     raise AssertionError("the mirror did not catch up")
 
 
+@pytest.mark.oldest
 def test_transitions_in_order_with_a_valid_chain_and_usage_matching_the_pods(
     mirrored: Mirrored,
 ) -> None:
