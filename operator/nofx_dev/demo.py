@@ -84,6 +84,7 @@ class Demo:
         print(f"Postgres ready at {self.postgres.dsn}\n")
         self.nofx("db", "migrate")
         self.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "-f", str(REPO_ROOT / "crds"))
         print("\n# the platform admin's part: the admission policies, the namespace's account and")
         print("# what its Agents may use")
         self.kubectl("apply", "-k", "policies")
