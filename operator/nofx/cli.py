@@ -1,5 +1,6 @@
 """`nofx`: run the operator; act on Runs the way a person would (approve, cancel); read the
-Postgres mirror (audit, usage) and roll an Agent or Template back to an earlier spec."""
+Postgres mirror (audit, usage) and roll an Agent or Template back to an earlier spec; serve the
+read-only web console."""
 
 from __future__ import annotations
 
@@ -118,6 +119,16 @@ def _parser() -> argparse.ArgumentParser:
     _database_options(usage)
     usage.set_defaults(handler=_usage)
 
+    console = commands.add_parser("console", help="serve the read-only web console")
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    console.add_argument("--port", type=int, default=int(os.environ.get("NOFX_CONSOLE_PORT", 8000)))
+    console.add_argument("--kubeconfig", help="default: in-cluster, else KUBECONFIG")
+    console.add_argument(
+        "--namespace", action="append", default=[], help="read only this namespace (repeat)"
+    )
+    _database_options(console)
+    console.set_defaults(handler=_console)
+
     sample = commands.add_parser(
         "sample-agent", help="the sample Agents' stand-in: report declared outputs"
     )
@@ -180,6 +191,22 @@ def _operator(args: argparse.Namespace) -> int:
             max_child_run_depth=args.max_child_run_depth,
             max_child_runs=args.max_child_runs,
             pod_create_timeout=args.pod_create_timeout,
+        )
+    )
+    return 0
+
+
+def _console(args: argparse.Namespace) -> int:
+    from nofx.console import app  # the web stack is imported only where it is served
+
+    app.serve(
+        app.Options(
+            host=args.host,
+            port=args.port,
+            kubeconfig=args.kubeconfig,
+            database_url=args.database_url,
+            region=args.region,
+            namespaces=tuple(args.namespace),
         )
     )
     return 0
