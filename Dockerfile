@@ -1,4 +1,5 @@
-# The operator image: `nofx operator` (and `nofx db migrate` for the chart's hook).
+# The operator image: `nofx operator` (and `nofx db migrate` for the chart's hook), and
+# `nofx console` (the chart's optional console Deployment), whose DAGs Graphviz's `dot` lays out.
 # Multi-stage: wheels are built with the toolchain, the runtime has neither pip's cache nor
 # compilers, and runs as a non-root user (the restricted Pod Security Standard).
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
@@ -12,10 +13,13 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends graphviz fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels nofx \
  && useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin nofx
 USER 65532:65532
-EXPOSE 8080 9090
+EXPOSE 8000 8080 9090
 ENTRYPOINT ["nofx"]
 CMD ["operator"]

@@ -24,6 +24,12 @@ from .conftest import REPO, OperatorProcess
 CHART = REPO / "charts" / "nofx"
 RELEASE, NAMESPACE = "nofx", "nofx-system"
 IDENTITY = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+CONSOLE = f"{RELEASE}-console"
+CONSOLE_VALUES = [
+    "--set", "console.enabled=true", "--set", "console.database.existingSecret=db-readonly",
+    "--set", "console.ingress.enabled=true", "--set", "console.ingress.host=nofx.example.com",
+    "--set", "console.networkPolicy.enabled=true",
+]  # fmt: skip
 
 
 def helm(
@@ -115,6 +121,7 @@ def test_rendered_output_passes_kubeconform_and_server_validation(
               "--set", "audit.keySecret=nofx-audit-keys"]  # fmt: skip
     if scope == "namespaces":
         values += ["--set", "rbac.namespaces={team-a,team-b}"]
+    values += CONSOLE_VALUES
     # --validate: rendered for the running plane's version and APIs, and checked by it.
     rendered = helm(plane, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--validate",
                     *values).stdout  # fmt: skip
@@ -217,6 +224,7 @@ def test_the_identity_policy_is_installed_where_served_else_the_notes_say_so(
         ({"region": "eu", "rbac": {"create": True, "scope": "namespaces"}}, "namespaces"),
         ({"region": "eu", "rbac": {"create": True, "scope": "everywhere"}}, "scope"),
         ({"region": "eu", "audit": {"keySecret": "Audit_Keys"}}, "keySecret"),
+        ({"region": "eu", "console": {"enabled": True, "ingress": {"enabled": True}}}, "host"),
     ],
 )
 def test_bad_values_are_refused_naming_the_value(
@@ -231,10 +239,10 @@ def test_bad_values_are_refused_naming_the_value(
     assert named in result.stderr, result.stderr
 
 
-def can_i(kubectl: Kubectl, verb: str, resource: str, namespace: str = "default") -> bool:
-    result = kubectl.run(
-        "auth", "can-i", verb, resource, "-n", namespace, "--as", IDENTITY, check=False
-    )
+def can_i(
+    kubectl: Kubectl, verb: str, resource: str, namespace: str = "default", who: str = IDENTITY
+) -> bool:
+    result = kubectl.run("auth", "can-i", verb, resource, "-n", namespace, "--as", who, check=False)
     return result.stdout.strip() == "yes"
 
 
@@ -325,3 +333,60 @@ def test_kustomize_overlays_pass_server_validation_with_the_charts_rbac(
     chart = helm(None, "template", RELEASE, str(CHART), "-n", NAMESPACE,
                  "--kube-version", kube_version, "--set", "region=eu-west").stdout  # fmt: skip
     assert cluster_role_rules(rendered) == cluster_role_rules(chart)
+
+
+def rendered_objects(*values: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The chart rendered without a cluster, for a supported version."""
+    documents = helm(
+        None, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--kube-version", "1.37.2",
+        "--set", "region=eu-west", *values,
+    ).stdout  # fmt: skip
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(documents) if d}
+
+
+def test_the_console_is_off_by_default_and_on_a_deployment_of_its_own() -> None:
+    assert not [key for key in rendered_objects() if "console" in key[1]]
+    objects = rendered_objects(*CONSOLE_VALUES)
+    deployment = objects[("Deployment", CONSOLE)]
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert container["args"][:2] == ["console", "--host=0.0.0.0"]
+    assert container["image"] == objects[("Deployment", RELEASE)]["spec"]["template"]["spec"][
+        "containers"][0]["image"]  # fmt: skip
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NOFX_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "db-readonly"
+    assert pod["spec"]["serviceAccountName"] == CONSOLE
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Neither selects the other's Pods (the operator's Service and PDB, the console's Service).
+    operator = objects[("Deployment", RELEASE)]["spec"]["selector"]["matchLabels"]
+    assert not operator.items() <= pod["metadata"]["labels"].items()
+    assert objects[("Service", CONSOLE)]["spec"]["selector"] == pod["metadata"]["labels"]
+    ingress = objects[("Ingress", CONSOLE)]["spec"]["rules"][0]
+    assert ingress["host"] == "nofx.example.com"
+    assert ingress["http"]["paths"][0]["backend"]["service"]["name"] == CONSOLE
+    policy = objects[("NetworkPolicy", CONSOLE)]["spec"]
+    assert policy["podSelector"]["matchLabels"] == pod["metadata"]["labels"]
+
+
+def test_the_consoles_rbac_only_reads(plane: ControlPlane) -> None:
+    objects = rendered_objects(*CONSOLE_VALUES)
+    for rule in objects[("ClusterRole", CONSOLE)]["rules"]:
+        assert rule["verbs"] == ["get", "list", "watch"], rule
+    kubectl = Kubectl(plane.kubeconfig)
+    kubectl.run("create", "namespace", NAMESPACE, check=False)
+    rbac = [objects[key] for key in [("ServiceAccount", CONSOLE), ("ClusterRole", CONSOLE),
+                                     ("ClusterRoleBinding", CONSOLE)]]  # fmt: skip
+    document = json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac})
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=document)
+    console = f"system:serviceaccount:{NAMESPACE}:{CONSOLE}"
+    for verb in ("get", "list", "watch"):
+        for resource in ("runs.nofx.dev", "agents.nofx.dev", "templates.nofx.dev", "jobs.batch",
+                         "events"):  # fmt: skip
+            assert can_i(kubectl, verb, resource, who=console), (
+                f"the console cannot {verb} {resource}"
+            )
+    for verb, resource in [("create", "runs.nofx.dev"), ("patch", "runs.nofx.dev"),
+                           ("patch", "runs.nofx.dev/status"), ("delete", "jobs.batch"),
+                           ("get", "secrets"), ("list", "pods"), ("get", "configmaps"),
+                           ("create", "events")]:  # fmt: skip
+        assert not can_i(kubectl, verb, resource, who=console), f"the console may {verb} {resource}"

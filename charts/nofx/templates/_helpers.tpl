@@ -90,3 +90,43 @@ capabilities:
 {{- define "nofx.servesMutatingPolicies" -}}
 {{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy" }}true{{ end }}
 {{- end }}
+
+{{/* The console: its own name and selector (its Pods must never match the operator's). */}}
+{{- define "nofx.console.fullname" -}}
+{{- printf "%s-console" (include "nofx.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "nofx.console.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-console
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "nofx.console.labels" -}}
+{{ include "nofx.console.selectorLabels" . }}
+app.kubernetes.io/component: console
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+nofx.dev/region: {{ .Values.region | quote }}
+{{- end -}}
+
+{{- define "nofx.console.serviceAccountName" -}}
+{{- if .Values.console.serviceAccount.create -}}
+{{- default (include "nofx.console.fullname" .) .Values.console.serviceAccount.name -}}
+{{- else -}}
+{{- required "console.serviceAccount.name is required when console.serviceAccount.create is false" .Values.console.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* All the console may do: read Runs, Agents, Templates, their Jobs and Events. */ -}}
+{{- define "nofx.console.rules" -}}
+- apiGroups: ["nofx.dev"]
+  resources: ["runs", "agents", "templates"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}

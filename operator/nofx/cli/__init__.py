@@ -1,7 +1,7 @@
 """`nofx`: run the operator; act on Runs the way a person would (approve, cancel); read the
 Postgres mirror (audit, usage, history and rollback of Agents and Templates); export signed
-evidence. One module per group of commands (runs, records, evidence); options.py holds what
-they share."""
+evidence; serve the web console. One module per group of commands (runs, records, evidence,
+console); options.py holds what they share."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import sys
 from kubernetes.client.exceptions import ApiException
 
 from nofx import sample_agent
-from nofx.cli import evidence, records, runs
+from nofx.cli import console, evidence, records, runs
 from nofx.cli.options import CliError
 
 DESCRIPTION = (
     "Run the NOFX operator; approve or cancel Runs; read the Postgres mirror (audit trail, "
-    "usage, spec history and rollback); export and verify signed evidence."
+    "usage, spec history and rollback); export and verify signed evidence; serve the console."
 )
 
 
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     runs.add(commands)
     records.add(commands)
     evidence.add(commands)
+    console.add(commands)
     sample = commands.add_parser(
         "sample-agent", help="the sample Agents' stand-in: report declared outputs"
     )
