@@ -44,6 +44,7 @@ class Demo:
         # Outside state_dir: as root, Postgres runs as another user, who must reach its files.
         self.postgres = PostgresServer(Path(tempfile.mkdtemp(prefix="nofx-demo-pg-")) / "server")
         self.operator: ManagedProcess | None = None
+        self.console: ManagedProcess | None = None  # with --serve
 
     def kubectl(self, *args: str, stdin: str | None = None, show: bool = True) -> str:
         if show:
@@ -136,8 +137,12 @@ class Demo:
     def _healthy(self, port: int) -> bool:
         assert self.operator is not None
         self.operator.check_alive()
+        return self._answers(f"http://127.0.0.1:{port}/healthz")
+
+    @staticmethod
+    def _answers(url: str) -> bool:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+            urllib.request.urlopen(url, timeout=1).close()
         except OSError:
             return False
         return True
@@ -194,8 +199,19 @@ class Demo:
         return len(history.stdout.strip().splitlines()) >= 3  # a header and two versions
 
     def serve(self) -> None:
-        """Keeps everything running for a person to look around, until Ctrl-C."""
-        print("\neverything keeps running; in another terminal:")
+        """Keeps everything running, with the web console, for a person to look around, until
+        Ctrl-C."""
+        port = free_port()
+        self.console = ManagedProcess(
+            "nofx-console",
+            [sys.executable, "-m", "nofx.cli", "console", "--port", str(port)],
+            self.plane.state_dir / "logs" / "console.log",
+            env=self.env,
+        )
+        self.console.start()
+        wait_until(lambda: self._answers(f"http://127.0.0.1:{port}/runs"), 30, "the console")
+        print(f"\nthe console: http://127.0.0.1:{port}/runs/default/{DEMO_RUN}")
+        print("everything keeps running; in another terminal:")
         print(f"  export KUBECONFIG={self.plane.kubeconfig} NOFX_DATABASE_URL={self.postgres.dsn}")
         print(f"  export NOFX_REGION={REGION}")
         print("  kubectl get runs; nofx audit dag-dark-mode; nofx usage --account team-web ...")
@@ -233,8 +249,9 @@ class Demo:
             print("operator log (last 40 lines):", *lines[-40:], sep="\n", file=sys.stderr)
 
     def stop(self) -> None:
-        if self.operator is not None:
-            self.operator.stop()
+        for process in (self.console, self.operator):
+            if process is not None:
+                process.stop()
         self.postgres.stop()
         shutil.rmtree(self.postgres.directory.parent, ignore_errors=True)
         self.plane.stop()

@@ -4,8 +4,11 @@ that stops everything it started."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 
 from .conftest import REPO
 
@@ -26,3 +29,24 @@ def test_the_demo_runs_the_samples_and_shows_what_postgres_recorded() -> None:
     history = out.split("$ nofx template history dag\n")[1].split("\n\n")[0]
     assert len(history.strip().splitlines()) == 3, history  # a header and two versions
     assert "stopped every process it started" in out
+
+
+def test_serve_keeps_it_running_with_the_console_until_interrupted() -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "nofx_dev.demo", "--serve"],
+        cwd=REPO, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert demo.stdout is not None
+    try:
+        console = ""
+        deadline = time.monotonic() + 300
+        while not console and time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            assert line, "the demo ended before it served the console"
+            console = line.removeprefix("the console: ").strip() if "the console:" in line else ""
+        page = urllib.request.urlopen(console, timeout=10).read().decode()
+        assert "dag-dark-mode" in page and "<svg" in page  # the Run and its DAG
+    finally:
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=120)
+    assert demo.returncode == 0 and "stopped every process it started" in rest
