@@ -113,3 +113,12 @@ def test_an_approved_steps_first_start_is_its_approvers_doing() -> None:
         "nofx-operator",
         "nofx-operator",
     ]
+
+
+def test_a_scheduled_runs_start_is_its_schedules_doing() -> None:
+    owned = {
+        "ownerReferences": [
+            {"apiVersion": "nofx.dev/v1alpha1", "kind": "Schedule", "name": "nightly"}
+        ]
+    }
+    assert actors(change(None, "Running", "RunRunning"), metadata=owned) == ["schedule/nightly"]

@@ -15,6 +15,7 @@ from typing import Any
 
 from nofx.api.identity import changed_by, created_by
 from nofx.api.run import AuditOutbox, RunStatus
+from nofx.api.schedule import schedule_of
 from nofx.changes import AttemptFinished, Transition
 from nofx.mirror.chain import stream_name
 from nofx.mirror.records import AuditEvent, UsageRecord
@@ -87,13 +88,14 @@ def record(
 def actor_of(
     change: Transition, metadata: Mapping[str, Any], approvers: Mapping[str, str]
 ) -> str | None:
-    """Who made a transition happen. A Run's start is the doing of its creator, its
-    cancellation the doing of whoever last changed its spec (both as the API server
-    authenticated them; None: unknown), the first start of an approved step the doing of
-    its approver (the nofx-approvals policy makes approvedBy the authenticated user).
-    Everything else the operator decided."""
+    """Who made a transition happen. A Run's start is the doing of the Schedule that started
+    it (`schedule/NAME`), else of its creator, its cancellation the doing of whoever last
+    changed its spec (both as the API server authenticated them; None: unknown), the first
+    start of an approved step the doing of its approver (the nofx-approvals policy makes
+    approvedBy the authenticated user). Everything else the operator decided."""
     if change.step is None and change.from_phase is None:
-        return created_by(metadata)
+        schedule = schedule_of(metadata)
+        return f"schedule/{schedule}" if schedule else created_by(metadata)
     if change.step is None and change.to_phase == "Cancelled":
         return changed_by(metadata)
     first_start = (
