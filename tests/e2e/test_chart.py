@@ -241,7 +241,9 @@ def can_i(kubectl: Kubectl, verb: str, resource: str, namespace: str = "default"
 def test_rbac_grants_no_more_than_needed(installed: Kubectl) -> None:
     for verb, resource in [("create", "jobs.batch"), ("delete", "jobs.batch"), ("list", "pods"),
                            ("patch", "runs.nofx.dev/status"), ("create", "runs.nofx.dev"),
-                           ("watch", "agents.nofx.dev"), ("create", "events")]:  # fmt: skip
+                           ("watch", "agents.nofx.dev"), ("create", "events"),
+                           ("watch", "schedules.nofx.dev"),
+                           ("patch", "schedules.nofx.dev/status")]:  # fmt: skip
         assert can_i(installed, verb, resource), f"the operator cannot {verb} {resource}"
     for verb, resource in [("get", "secrets"), ("list", "secrets"), ("create", "pods"),
                            ("delete", "pods"), ("update", "agents.nofx.dev"),
