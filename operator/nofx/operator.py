@@ -19,8 +19,9 @@ from nofx.mirror.keys import KeyRing
 from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
 from nofx.planner.facts import Limits
-from nofx.reconcilers import agents, context, runs, templates  # noqa: F401 - registers handlers
+from nofx.reconcilers import agents, context, runs, schedules, templates  # noqa: F401 - handlers
 from nofx.reconcilers.run_reconciler import RunReconciler
+from nofx.reconcilers.schedules import ScheduleReconciler
 
 log = logging.getLogger("nofx.operator")
 
@@ -32,6 +33,7 @@ INDEXES = (
     "child_runs_by_root",
     "agents_by_namespace",
     "templates_by_namespace",
+    "runs_by_schedule",
 )
 
 
@@ -107,7 +109,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     indexes = {name: kwargs[name] for name in INDEXES}
     reconciler = RunReconciler(client, limits, mirror, indexes)
     reconciler.start(workers=OPTIONS.workers)
-    context.OperatorContext(client, reconciler, mirror, indexes).keep_on(memo)
+    scheduler = ScheduleReconciler(client, indexes)
+    scheduler.start()
+    context.OperatorContext(client, reconciler, mirror, indexes, scheduler).keep_on(memo)
     start_http_server(OPTIONS.metrics_port)
     log.info(
         "operator started",
@@ -126,6 +130,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx = context.of(memo)
     await ctx.runs.stop()
+    await ctx.schedules.stop()
     if ctx.mirror is not None:
         ctx.mirror.stop()
 

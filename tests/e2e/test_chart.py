@@ -132,7 +132,7 @@ def test_rendered_output_passes_kubeconform_and_server_validation(
         for p in (REPO / "manifests" / "samples" / "base").glob("*.yaml")
         if not p.name.startswith("kustomiz")  # kustomize's own files are not objects
     )
-    assert len(samples) == 4, samples
+    assert len(samples) == 5, samples
     # Core kinds need schemas from the internet, which this machine lacks: the real API
     # server's dry run below checks those; kubeconform checks the custom resources.
     result = subprocess.run(
@@ -249,11 +249,13 @@ def can_i(
 def test_rbac_grants_no_more_than_needed(installed: Kubectl) -> None:
     for verb, resource in [("create", "jobs.batch"), ("delete", "jobs.batch"), ("list", "pods"),
                            ("patch", "runs.nofx.dev/status"), ("create", "runs.nofx.dev"),
-                           ("watch", "agents.nofx.dev"), ("create", "events")]:  # fmt: skip
+                           ("watch", "agents.nofx.dev"), ("create", "events"),
+                           ("watch", "schedules.nofx.dev")]:  # fmt: skip
         assert can_i(installed, verb, resource), f"the operator cannot {verb} {resource}"
     for verb, resource in [("get", "secrets"), ("list", "secrets"), ("create", "pods"),
                            ("delete", "pods"), ("update", "agents.nofx.dev"),
                            ("delete", "templates.nofx.dev"), ("create", "deployments.apps"),
+                           ("patch", "schedules.nofx.dev"),
                            ("create", "rolebindings.rbac.authorization.k8s.io"),
                            ("get", "configmaps")]:  # fmt: skip
         assert not can_i(installed, verb, resource), f"the operator may {verb} {resource}"

@@ -42,7 +42,15 @@ def agents(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_the_base_runs_the_sample_agent_of_the_operators_image() -> None:
     docs = kustomize(SAMPLES / "base")
     kinds = sorted({doc["kind"] for doc in docs})
-    assert kinds == ["Agent", "ConfigMap", "Run", "Secret", "ServiceAccount", "Template"]
+    assert kinds == [
+        "Agent",
+        "ConfigMap",
+        "Run",
+        "Schedule",
+        "Secret",
+        "ServiceAccount",
+        "Template",
+    ]
     for name, spec in agents(docs).items():
         assert spec["image"].startswith("ghcr.io/nofx-dev/nofx-operator:"), name
         assert spec["command"] == ["nofx", "sample-agent"], name

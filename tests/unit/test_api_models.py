@@ -204,6 +204,7 @@ def test_kinds_are_discoverable_with_kubectl() -> None:
         "agents": ["nxa"],
         "templates": ["nxt"],
         "runs": ["nxr"],
+        "schedules": ["nxs"],
     }
     for definition in CRDS.values():
         assert definition["spec"]["names"]["categories"] == ["nofx"]

@@ -13,7 +13,7 @@ from lupa import lua51
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH = ROOT / "manifests" / "argocd" / "health"
 CONFIGMAP = ROOT / "manifests" / "argocd" / "argocd-cm-health.yaml"
-KINDS = ("Run", "Agent", "Template")
+KINDS = ("Run", "Agent", "Template", "Schedule")
 
 # Argo CD's gopher-lua opens only base, table, package and a safe os library; removing the rest
 # (and the string methods reachable through ("").x) makes a script that relies on them fail here
@@ -219,3 +219,53 @@ def test_argocd_cm_inlines_the_lua_files() -> None:
             f"{CONFIGMAP.relative_to(ROOT)} is out of date: copy {source.relative_to(ROOT)} into "
             f"its key resource.customizations.health.nofx.dev_{kind} (indented by 4 spaces)"
         )
+
+
+def schedule(*conditions: dict[str, Any], suspend: bool = False, **status: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "nofx.dev/v1alpha1",
+        "kind": "Schedule",
+        "metadata": {"name": "nightly", "generation": 1},
+        "spec": {"schedule": "0 3 * * *", "suspend": suspend},
+        "status": {"observedGeneration": 1, "conditions": list(conditions), **status},
+    }
+
+
+def condition(kind: str, value: str, reason: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "status": value, "reason": reason, "message": message}
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (
+            schedule(
+                condition("Ready", "True", "Scheduled", "ok"),
+                nextScheduleTime="2026-01-06T03:00:00Z",
+            ),
+            ("Healthy", "next Run at 2026-01-06T03:00:00Z"),
+        ),
+        (schedule(suspend=True), ("Suspended", "suspended: no Run starts")),
+        (
+            schedule(
+                condition("Ready", "True", "Scheduled", "ok"),
+                condition("Missed", "True", "DeadlineExceeded", "more than 60s late"),
+            ),
+            ("Degraded", "more than 60s late"),
+        ),
+        (
+            schedule(
+                condition("Ready", "True", "Scheduled", "ok"),
+                condition("Missed", "True", "ConcurrencyForbidden", "waits"),
+            ),
+            ("Healthy", "scheduled"),
+        ),
+        (
+            schedule(condition("Ready", "False", "InvalidSpec", "bad cron")),
+            ("Degraded", "bad cron"),
+        ),
+        ({"kind": "Schedule", "spec": {}}, ("Progressing", "waiting for the operator")),
+    ],
+)
+def test_schedule_health(obj: dict[str, Any], expected: tuple[str, str]) -> None:
+    assert health("Schedule", obj) == expected

@@ -113,3 +113,18 @@ def test_an_approved_steps_first_start_is_its_approvers_doing() -> None:
         "nofx-operator",
         "nofx-operator",
     ]
+
+
+def test_a_scheduled_runs_start_is_its_schedules_doing() -> None:
+    owned = {
+        "ownerReferences": [
+            {"apiVersion": "nofx.dev/v1alpha1", "kind": "Schedule", "name": "nightly"}
+        ]
+    }
+    assert actors(change(None, "Running", "RunRunning"), metadata=owned) == ["schedule/nightly"]
+    # With the identity policy, whoever created it is named too: an owner reference is only
+    # what the creator wrote, so a tenant cannot pass a Run of its own off as the Schedule's.
+    stamped = {**owned, "annotations": {"nofx.dev/created-by": "alice"}}
+    assert actors(change(None, "Running", "RunRunning"), metadata=stamped) == [
+        "schedule/nightly via alice"
+    ]

@@ -67,13 +67,14 @@ capabilities:
 {{- define "nofx.namespacedRules" -}}
 - apiGroups: ["nofx.dev"]
   resources: ["runs"]
-  # create: child Runs; delete: ttlSecondsAfterFinished; patch: cancel child Runs.
+  # create: child and scheduled Runs; delete: ttlSecondsAfterFinished and Schedules' history
+  # limits; patch: cancel child Runs, and a Schedule's active Run (concurrencyPolicy Replace).
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
 - apiGroups: ["nofx.dev"]
-  resources: ["agents", "templates"]
+  resources: ["agents", "templates", "schedules"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["nofx.dev"]
-  resources: ["runs/status", "agents/status", "templates/status"]
+  resources: ["runs/status", "agents/status", "templates/status", "schedules/status"]
   verbs: ["get", "patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]

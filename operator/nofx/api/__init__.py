@@ -3,9 +3,10 @@
 from nofx.api.agent import Agent, AgentSpec, AgentStatus
 from nofx.api.common import API_VERSION, GROUP, VERSION, Condition, parse_duration
 from nofx.api.run import Approval, Run, RunSpec, RunStatus, StepStatus
+from nofx.api.schedule import Schedule, ScheduleSpec, ScheduleStatus
 from nofx.api.template import Parameter, Step, Template, TemplateSpec, TemplateStatus
 
-RESOURCES = (Agent, Template, Run)
+RESOURCES = (Agent, Template, Run, Schedule)
 
 __all__ = [
     "API_VERSION",
@@ -21,6 +22,9 @@ __all__ = [
     "Run",
     "RunSpec",
     "RunStatus",
+    "Schedule",
+    "ScheduleSpec",
+    "ScheduleStatus",
     "Step",
     "StepStatus",
     "Template",

@@ -15,6 +15,7 @@ from typing import Any
 
 from nofx.api.identity import changed_by, created_by
 from nofx.api.run import AuditOutbox, RunStatus
+from nofx.api.schedule import schedule_of
 from nofx.changes import AttemptFinished, Transition
 from nofx.mirror.chain import stream_name
 from nofx.mirror.records import AuditEvent, UsageRecord
@@ -87,13 +88,17 @@ def record(
 def actor_of(
     change: Transition, metadata: Mapping[str, Any], approvers: Mapping[str, str]
 ) -> str | None:
-    """Who made a transition happen. A Run's start is the doing of its creator, its
-    cancellation the doing of whoever last changed its spec (both as the API server
-    authenticated them; None: unknown), the first start of an approved step the doing of
-    its approver (the nofx-approvals policy makes approvedBy the authenticated user).
-    Everything else the operator decided."""
+    """Who made a transition happen. A Run's start is the doing of its creator (and of the
+    Schedule that owns it: `schedule/NAME via CREATOR`), its cancellation the doing of whoever last
+    changed its spec (both as the API server authenticated them; None: unknown), the first
+    start of an approved step the doing of its approver (the nofx-approvals policy makes
+    approvedBy the authenticated user). Everything else the operator decided."""
     if change.step is None and change.from_phase is None:
-        return created_by(metadata)
+        schedule, creator = schedule_of(metadata), created_by(metadata)
+        if schedule is None:
+            return creator
+        # Who created it stays visible: an owner reference is only what the creator wrote.
+        return f"schedule/{schedule} via {creator}" if creator else f"schedule/{schedule}"
     if change.step is None and change.to_phase == "Cancelled":
         return changed_by(metadata)
     first_start = (

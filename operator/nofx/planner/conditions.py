@@ -4,6 +4,7 @@ status changes), the end of a Run or a step, and bounded messages."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
 from nofx.api.common import READY, SUCCEEDED, Condition
 from nofx.api.reasons import Reason
@@ -25,8 +26,15 @@ def finish(status: RunStatus, now: datetime, phase: str, reason: str, message: s
     )
 
 
+class HasConditions(Protocol):
+    """A status with conditions: a Run's or a Schedule's."""
+
+    conditions: list[Condition] | None
+    observed_generation: int | None
+
+
 def set_condition(
-    status: RunStatus, kind: str, value: str, reason: str, message: str, now: datetime
+    status: HasConditions, kind: str, value: str, reason: str, message: str, now: datetime
 ) -> None:
     """Sets one condition; lastTransitionTime moves only when its status changes."""
     conditions = [c for c in status.conditions or [] if c.type != kind]

@@ -12,8 +12,9 @@ import kopf
 from nofx.kube import Kube
 from nofx.mirror.writer import MirrorWriter
 
-if TYPE_CHECKING:  # the Run reconciler's module registers handlers that import this one
+if TYPE_CHECKING:  # their modules register handlers that import this one
     from nofx.reconcilers.run_reconciler import RunReconciler
+    from nofx.reconcilers.schedules import ScheduleReconciler
 
 MEMO_KEY = "nofx"
 
@@ -24,6 +25,7 @@ class OperatorContext:
     runs: RunReconciler
     mirror: MirrorWriter | None  # None: no Postgres mirror configured
     indexes: dict[str, Any]  # Kopf's in-memory indexes, by name
+    schedules: ScheduleReconciler
 
     def keep_on(self, memo: kopf.Memo) -> None:
         memo[MEMO_KEY] = self
