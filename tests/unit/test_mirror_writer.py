@@ -29,6 +29,7 @@ class FakeStore:
         self.events: dict[tuple[str, int], AuditEvent] = {}
         self.versions: list[tuple[str, str]] = []  # (name, spec_hash), in the order written
         self.batches: list[list[str]] = []  # Run names of each write() call
+        self.runs: dict[str, RunRecord] = {}  # the latest record of each Run, by name
         self.down = False
         self.refusing = True
         self.registry_checkpoints = 0  # checkpoint_registry() calls that went through
@@ -45,6 +46,7 @@ class FakeStore:
     ) -> None:
         self.batches.append([run.name for run in runs])
         self._check([*events, *usage])
+        self.runs.update({run.name: run for run in runs})
         for event in events:
             self.events.setdefault((event.name, event.seq), event)
 
@@ -317,6 +319,19 @@ def test_stored_entries_no_write_came_for_are_acknowledged_after_a_while(setup: 
     setup.flush(after=ACK_AFTER)
     assert setup.kube.pending("slow") == []
     assert setup.store.stored("slow") == [1], "written once: a stored entry is not written again"
+
+
+def test_a_late_acknowledgement_that_fails_keeps_the_runs_record_whole(setup: Setup) -> None:
+    """Written again to be acknowledged again, the Run's row keeps its phase and account."""
+    setup.run("slow", entry(1), phase="Running")
+    setup.flush()
+    setup.kube.failing_patches = 1
+    setup.flush(after=ACK_AFTER)
+    setup.flush(after=1.0)
+    assert setup.kube.pending("slow") == []
+    assert setup.store.batches == [["slow"], ["slow"]]
+    record = setup.store.runs["slow"]
+    assert (record.phase, record.account) == ("Running", "acme")
 
 
 def test_registry_heads_are_signed_once_a_minute_and_a_failure_waits_its_turn(

@@ -30,7 +30,9 @@ ACK_NOW_ENTRIES = 64  # stored entries of one Run that are acknowledged at once
 @dataclass
 class _Stored:
     uid: str
-    body: dict[str, Any]  # of the latest written body, what the removal reads (_slim)
+    # The latest written body, as the writer holds it (run_body.mirrored_part: no pinned specs,
+    # no steps): its resourceVersion guards the removal, and a failed removal writes it again.
+    body: dict[str, Any]
     keys: set[EntryKey] = field(default_factory=set)
     due: float = 0.0
 
@@ -64,8 +66,8 @@ class StoredEntries:
         with self._lock:
             stored = self._runs.get(key)
             if stored is None or stored.uid != uid:
-                stored = self._runs[key] = _Stored(uid, {}, due=self._clock() + ACK_AFTER)
-            stored.body = _slim(body)
+                stored = self._runs[key] = _Stored(uid, body, due=self._clock() + ACK_AFTER)
+            stored.body = body
             stored.keys |= {outbox.entry_key(entry) for entry in pending(body)}
             if _ends(body) or len(stored.keys) >= ACK_NOW_ENTRIES:
                 return set(stored.keys)
@@ -96,15 +98,3 @@ def _ends(body: dict[str, Any]) -> bool:
     """No status write of the reconciler may follow: the Run finished or is being deleted."""
     finished = (body.get("status") or {}).get("phase") in TERMINAL_RUN_PHASES
     return finished or bool(body["metadata"].get("deletionTimestamp"))
-
-
-def _slim(body: dict[str, Any]) -> dict[str, Any]:
-    """What removing entries needs of a body: its identity, its resourceVersion (which guards
-    the patch) and its outbox. Runs that wait for minutes are held here by thousands; their
-    whole bodies would be most of the operator's memory."""
-    metadata = body["metadata"]
-    audit = (body.get("status") or {}).get("audit") or {}
-    return {
-        "metadata": {k: metadata[k] for k in ("namespace", "name", "uid", "resourceVersion")},
-        "status": {"audit": audit},
-    }
