@@ -92,7 +92,7 @@ class Demo:
         self.kubectl("label", "namespace", "default", f"nofx.dev/account={ACCOUNT}")
         annotations = [f"{key}={value}" for key, value in AGENT_ACCESS.items()]
         self.kubectl("annotate", "namespace", "default", *annotations)
-        wait_until(self._policies_loaded, 30, "the admission policies")
+        wait_until(self._policies_loaded, 60, "the admission policies")
         health = free_port()
         self.operator = ManagedProcess(
             "nofx-operator",
@@ -117,22 +117,27 @@ class Demo:
         print(f"\noperator running (log: {self.operator.log_path})\n")
 
     def _policies_loaded(self) -> bool:
-        """The API server enforces them a moment after they are created: until a Run billed to
-        another account is refused."""
-        steps = [{"name": "a", "agentRef": {"name": "a"}}]
-        probe = {
-            "apiVersion": "nofx.dev/v1alpha1",
-            "kind": "Run",
-            "metadata": {"name": "probe"},
-            "spec": {"account": "another", "steps": steps},
+        """The API server enforces them a moment after they are created, and until it knows
+        the new kinds, admission answers 503 for them: loaded once a Run billed to another
+        account is refused by the accounts policy, and an Agent and a Template are admitted."""
+        probes = {
+            "Run": {"account": "another", "steps": [{"name": "a", "agentRef": {"name": "a"}}]},
+            "Agent": {"image": "example.invalid/probe:1"},
+            "Template": {"steps": [{"name": "a", "agentRef": {"name": "a"}}]},
         }
-        try:
-            self.kubectl(
-                "create", "--dry-run=server", "-f", "-", stdin=json.dumps(probe), show=False
-            )
-        except RuntimeError:
-            return True
-        return False
+        for kind, spec in probes.items():
+            probe = {"apiVersion": "nofx.dev/v1alpha1", "kind": kind,
+                     "metadata": {"name": "probe"}, "spec": spec}  # fmt: skip
+            try:
+                self.kubectl("create", "--dry-run=server", "-f", "-",
+                             stdin=json.dumps(probe), show=False)  # fmt: skip
+            except RuntimeError as error:
+                if kind != "Run" or "is not the account of namespace" not in str(error):
+                    return False
+            else:
+                if kind == "Run":
+                    return False
+        return True
 
     def _healthy(self, port: int) -> bool:
         assert self.operator is not None
