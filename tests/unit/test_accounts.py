@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from nofx.api import RunStatus
 from nofx.api.accounts import namespace_account
-from nofx.builders.child_run import build_child_run
+from nofx.kube import Kube
 from nofx.mirror import outbox
-from nofx.planner.facts import ChildRunRequest
+from nofx.planner.facts import ChildRunRequest, Decision
+from nofx.reconcilers import apply
 from tests.unit.builders import Sim, condition, inline, step, view
+from tests.unit.fake_kube import FakeKube
 from tests.unit.run_harness import NAMESPACE, Harness
 from tests.unit.run_harness import step as harness_step
 
@@ -60,9 +64,13 @@ def test_a_run_started_before_accounts_were_pinned_keeps_what_its_spec_said() ->
 
 
 def test_a_child_run_and_the_usage_rows_carry_the_pinned_account() -> None:
-    parent = view(inline(step("a")), RunStatus(account="acme"))
-    request = ChildRunRequest("demo-sub", "sub", None, "child", {})
-    child = build_child_run(parent, "acme", request)
+    """Not the parent's spec.account (left out here): what decide() pinned."""
+    kube = FakeKube()
+    parent = view(inline(step("a")), RunStatus())
+    decision = Decision(RunStatus(account="acme"))
+    decision.create_child_runs.append(ChildRunRequest("demo-sub", "sub", None, "child", {}))
+    apply.create_children(cast(Kube, kube), parent, {"metadata": {}}, decision, {})
+    child = kube.objects[("runs", "team-a", "demo-sub")]
     assert child["spec"]["account"] == "acme"
     assert child["metadata"]["labels"]["nofx.dev/account"] == "acme"
     pinned = {"spec": {"account": "other"}, "status": {"account": "acme"}}
