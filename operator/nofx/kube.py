@@ -237,7 +237,7 @@ class Kube:
             if error.status == 404:
                 return None
             raise
-        result: dict[str, Any] = _json(response)
+        result: dict[str, Any] = response_json(response)
         return result
 
     def delete_job(self, namespace: str, name: str) -> None:
@@ -255,7 +255,7 @@ class Kube:
             ),
             _preload_content=False,
         )
-        return str(_json(response)["status"]["userInfo"]["username"])
+        return str(response_json(response)["status"]["userInfo"]["username"])
 
     def namespace_labels(self, name: str) -> dict[str, str]:
         """A namespace's labels ({} once it is gone: its Runs go with it)."""
@@ -265,7 +265,7 @@ class Kube:
             if error.status == 404:
                 return {}
             raise
-        labels: dict[str, str] = _json(response)["metadata"].get("labels") or {}
+        labels: dict[str, str] = response_json(response)["metadata"].get("labels") or {}
         return labels
 
     def pod_create_error(self, namespace: str, job_name: str) -> str | None:
@@ -277,7 +277,7 @@ class Kube:
             "reason=FailedCreate",
             _preload_content=False,
         )
-        events: list[dict[str, Any]] = _json(response)["items"]
+        events: list[dict[str, Any]] = response_json(response)["items"]
         if not events:
             return None
         latest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
@@ -288,7 +288,7 @@ class Kube:
         response = self.core.list_namespaced_pod(
             namespace, label_selector=f"job-name={job_name}", _preload_content=False
         )
-        pods: list[dict[str, Any]] = _json(response)["items"]
+        pods: list[dict[str, Any]] = response_json(response)["items"]
         return pods[-1] if pods else None
 
 
@@ -296,7 +296,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _json(response: Any) -> Any:
+def response_json(response: Any) -> Any:
     """The body of a response asked for with _preload_content=False, its connection back in
     the pool (else every such request would cost a new TLS handshake)."""
     try:

@@ -3,7 +3,6 @@ its Jobs and Events, and Agents or Templates. Raw JSON, as the operator reads Jo
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from kubernetes import client
@@ -11,6 +10,7 @@ from kubernetes.client.exceptions import ApiException
 
 from nofx.api.common import GROUP, VERSION
 from nofx.builders.labels import RUN_LABEL, label_value
+from nofx.kube import Kube, response_json
 
 EVENTS_SHOWN = 50  # the newest Events of a Run
 
@@ -21,9 +21,8 @@ class ContinueExpired(Exception):
 
 class Cluster:
     def __init__(self, api: client.ApiClient) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.batch = client.BatchV1Api(api)
-        self.core = client.CoreV1Api(api)
+        self._kube = Kube(api)  # the reads the console shares with the operator
+        self.custom, self.batch, self.core = self._kube.custom, self._kube.batch, self._kube.core
 
     def list_chunk(
         self, plural: str, namespace: str, token: str, limit: int
@@ -44,20 +43,11 @@ class Cluster:
             if error.status == 410:
                 raise ContinueExpired(str(error.reason)) from error
             raise
-        body = _json(response)
+        body = response_json(response)
         return body["items"], body["metadata"].get("continue") or ""
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            response = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, _preload_content=False
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        result: dict[str, Any] = _json(response)
-        return result
+        return self._kube.get(plural, namespace, name)
 
     def run_jobs(self, run: dict[str, Any]) -> list[dict[str, Any]]:
         """The Jobs of this Run: by label, then by owner (an older Run of its name had others)."""
@@ -67,7 +57,7 @@ class Cluster:
             label_selector=f"{RUN_LABEL}={label_value(metadata['name'])}",
             _preload_content=False,
         )
-        jobs: list[dict[str, Any]] = _json(response)["items"]
+        jobs: list[dict[str, Any]] = response_json(response)["items"]
         return [job for job in jobs if _owned_by(job, metadata["uid"])]
 
     def run_events(self, run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -78,7 +68,7 @@ class Cluster:
             field_selector=f"involvedObject.uid={metadata['uid']}",
             _preload_content=False,
         )
-        events: list[dict[str, Any]] = _json(response)["items"]
+        events: list[dict[str, Any]] = response_json(response)["items"]
         events.sort(key=_event_time, reverse=True)
         return events[:EVENTS_SHOWN]
 
@@ -94,12 +84,3 @@ def _event_time(event: dict[str, Any]) -> str:
         or event["metadata"].get("creationTimestamp")
         or ""
     )
-
-
-def _json(response: Any) -> Any:
-    """The body of a response asked for with _preload_content=False, its connection back in the
-    pool."""
-    try:
-        return json.loads(response.data)
-    finally:
-        response.release_conn()
