@@ -32,6 +32,7 @@ from kubernetes import client, config, watch
 from prometheus_client.parser import text_string_to_metric_families
 
 from nofx.mirror.store import Store
+from nofx_dev import policies
 from nofx_dev.audit import AuditLog, writes_per_run
 from nofx_dev.controlplane import ControlPlane
 from nofx_dev.postgres import PostgresServer
@@ -146,6 +147,7 @@ class Bench:
         self.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
         # As the chart installs them on 1.36+: new Runs carry the audit finalizer from creation.
         self.kubectl("apply", "-k", str(REPO_ROOT / "policies"))
+        policies.wait_until_enforced(self.plane.kubeconfig)
         with Store(self.postgres.dsn, "bench") as store:
             store.migrate()
         operator_kubeconfig = self.plane.kubeconfig_for(OPERATOR_USER, groups=["system:masters"])

@@ -23,6 +23,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nofx_dev import policies
 from nofx_dev.controlplane import ControlPlane
 from nofx_dev.postgres import PostgresServer
 from nofx_dev.processes import ManagedProcess, free_port, wait_until
@@ -92,7 +93,7 @@ class Demo:
         self.kubectl("label", "namespace", "default", f"nofx.dev/account={ACCOUNT}")
         annotations = [f"{key}={value}" for key, value in AGENT_ACCESS.items()]
         self.kubectl("annotate", "namespace", "default", *annotations)
-        wait_until(self._policies_loaded, 60, "the admission policies")
+        policies.wait_until_enforced(self.plane.kubeconfig)
         health = free_port()
         self.operator = ManagedProcess(
             "nofx-operator",
@@ -115,29 +116,6 @@ class Demo:
         self.operator.start()
         wait_until(lambda: self._healthy(health), 60, "the operator")
         print(f"\noperator running (log: {self.operator.log_path})\n")
-
-    def _policies_loaded(self) -> bool:
-        """The API server enforces them a moment after they are created, and until it knows
-        the new kinds, admission answers 503 for them: loaded once a Run billed to another
-        account is refused by the accounts policy, and an Agent and a Template are admitted."""
-        probes = {
-            "Run": {"account": "another", "steps": [{"name": "a", "agentRef": {"name": "a"}}]},
-            "Agent": {"image": "example.invalid/probe:1"},
-            "Template": {"steps": [{"name": "a", "agentRef": {"name": "a"}}]},
-        }
-        for kind, spec in probes.items():
-            probe = {"apiVersion": "nofx.dev/v1alpha1", "kind": kind,
-                     "metadata": {"name": "probe"}, "spec": spec}  # fmt: skip
-            try:
-                self.kubectl("create", "--dry-run=server", "-f", "-",
-                             stdin=json.dumps(probe), show=False)  # fmt: skip
-            except RuntimeError as error:
-                if kind != "Run" or "is not the account of namespace" not in str(error):
-                    return False
-            else:
-                if kind == "Run":
-                    return False
-        return True
 
     def _healthy(self, port: int) -> bool:
         assert self.operator is not None

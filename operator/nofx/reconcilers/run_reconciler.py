@@ -85,16 +85,17 @@ class RunReconciler:
         await self.queue.drain(drop_waiting=True)
         await asyncio.gather(*self._workers, return_exceptions=True)
 
-    def trigger(self, key: RunKey, body: dict[str, Any] | None = None) -> None:
-        """Reconciles the Run soon: with this body, else with the newest body we wrote or
-        saw, else read afresh."""
-        self.queue.add(key, body)
+    def trigger(self, key: RunKey) -> None:
+        """Reconciles the Run soon, with the newest body we wrote or saw, else read afresh.
+        The queue holds keys only: a burst of thousands of Runs waiting for a worker must not
+        hold a parsed body each (own_writes keeps the newest bodies, a bounded number)."""
+        self.queue.add(key)
 
     def changed(self, key: RunKey, body: dict[str, Any]) -> None:
         """A watch event of the Run: reconciled with its body, unless it echoes our write."""
         if not self.is_own_write(key, body):
             self.kube.own_writes.seen("runs", body)
-            self.trigger(key, body)
+            self.trigger(key)
 
     def trigger_soon(self, keys: Iterable[RunKey]) -> None:
         for key in keys:
