@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from nofx.api_errors import Conflict
 from nofx.mirror.errors import Rejected
-from nofx.mirror.folding import ACK_AFTER
+from nofx.mirror.folding import ACK_AFTER, LATE_ACKS_PER_SECOND
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.writer import CHECKPOINT_EVERY, MirrorWriter
 from nofx.own_writes import OwnWrites
@@ -337,6 +337,23 @@ def test_stored_entries_no_write_came_for_are_acknowledged_after_a_while(setup: 
     setup.flush(after=ACK_AFTER)
     assert setup.kube.pending("slow") == []
     assert setup.store.stored("slow") == [1], "written once: a stored entry is not written again"
+
+
+def test_late_acknowledgements_are_spread_out_the_longest_waiting_first(setup: Setup) -> None:
+    """Thousands of Runs that wait for approvals come due together: their acknowledgements
+    go out at LATE_ACKS_PER_SECOND, not in one burst."""
+    setup.run("first", entry(1), phase="WaitingApproval")
+    setup.flush(after=1.0)
+    for n in range(24):
+        setup.run(f"r{n}", entry(1), phase="WaitingApproval")
+    setup.flush()
+    setup.flush(after=ACK_AFTER)
+    assert setup.kube.patches == LATE_ACKS_PER_SECOND
+    assert setup.kube.pending("first") == [], "the longest waiting went first"
+    setup.flush(after=0.5)
+    assert setup.kube.patches == LATE_ACKS_PER_SECOND * 1.5
+    setup.flush(after=10.0)
+    assert setup.kube.patches == 25
 
 
 def test_a_late_acknowledgement_that_fails_keeps_the_runs_record_whole(setup: Setup) -> None:

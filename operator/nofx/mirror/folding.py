@@ -25,6 +25,10 @@ EntryKey = tuple[Any, ...]
 # (an approval, a step of many minutes) gets its outbox emptied meanwhile.
 ACK_AFTER = 300.0
 ACK_NOW_ENTRIES = 64  # stored entries of one Run that are acknowledged at once
+# Late acknowledgements, at most this many a second, the longest waiting first: a burst of
+# thousands of Runs that all wait (for approvals) would otherwise come due, and be written,
+# in the same second five minutes later, and starve the API server and the reconciler.
+LATE_ACKS_PER_SECOND = 10.0
 
 
 @dataclass
@@ -48,6 +52,8 @@ class StoredEntries:
         self._clock = clock
         self._lock = threading.Lock()
         self._runs: dict[RunKey, _Stored] = {}
+        self._late_allowance = LATE_ACKS_PER_SECOND  # a token bucket of late acknowledgements
+        self._late_refilled = clock()
 
     def keys(self, key: RunKey, uid: str) -> set[EntryKey]:
         """What the Run's next status write may drop from its outbox."""
@@ -86,14 +92,22 @@ class StoredEntries:
             return None
 
     def due(self) -> list[tuple[RunKey, dict[str, Any], set[EntryKey]]]:
-        """Runs whose stored entries waited too long for the reconciler."""
+        """Runs whose stored entries waited too long for the reconciler, the longest waiting
+        first, as many as the rate of late acknowledgements allows now."""
         now = self._clock()
         with self._lock:
-            return [
-                (key, stored.body, set(stored.keys))
+            self._late_allowance = min(
+                LATE_ACKS_PER_SECOND,
+                self._late_allowance + (now - self._late_refilled) * LATE_ACKS_PER_SECOND,
+            )
+            self._late_refilled = now
+            waited = sorted(
+                (stored.due, key, stored.body, set(stored.keys))
                 for key, stored in self._runs.items()
                 if stored.keys and stored.body is not None and stored.due <= now
-            ]
+            )[: int(self._late_allowance)]
+            self._late_allowance -= len(waited)
+            return [(key, body, keys) for _, key, body, keys in waited]
 
     def removed(self, key: RunKey, uid: str, keys: set[EntryKey]) -> None:
         """These entries left the Run's outbox (the writer's or the reconciler's write)."""
