@@ -23,6 +23,10 @@ class Reason(StrEnum):
     POD_CREATE_FAILED = "PodCreateFailed"  # the Job could not create its Pod in time
     OUTPUTS_LOST = "OutputsLost"  # the Job succeeded, but its Pod is gone with the outputs
     CHILD_RUN_LIMIT = "ChildRunLimit"  # depth or size limit of a tree of child Runs
+    INVALID_USAGE = "InvalidUsage"  # the attempt's nofx.usage output is not valid usage
+    UNPRICED_MODEL = "UnpricedModel"  # ... names a model its Agent's pricing does not price
+    # The Run stopped because its recorded cost passed its budget.maxCost.
+    BUDGET_EXCEEDED = "BudgetExceeded"
     # Why a step waits.
     AWAITING_APPROVAL = "AwaitingApproval"  # its approval gate: spec.approvals must name it
     SUSPENDED = "Suspended"  # spec.suspend: nothing new starts
@@ -34,4 +38,6 @@ class Reason(StrEnum):
 
 
 # Failures that another attempt of the same step would only repeat.
-TERMINAL_STEP_REASONS = frozenset({Reason.JOB_REJECTED, Reason.CHILD_RUN_REJECTED})
+TERMINAL_STEP_REASONS = frozenset(
+    {Reason.JOB_REJECTED, Reason.CHILD_RUN_REJECTED, Reason.UNPRICED_MODEL}
+)
