@@ -7,10 +7,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
+from nofx import metrics
 from nofx.api.agent import ModelPrice, Pricing
 from nofx.api.reasons import Reason
+from nofx.changes import AttemptFinished, TokensUsed
 from nofx.planner.tokens import (
     MAX_TOKENS,
     ModelUsage,
@@ -231,3 +234,30 @@ def test_an_unpriced_model_fails_the_step_without_a_retry() -> None:
     assert "model opus, which Agent coder has no price for (spec.pricing.models: mini, sonnet)" in (
         a.message or ""
     )
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def test_a_finished_attempt_counts_its_tokens_and_cost_by_agent_and_model() -> None:
+    def sample(name: str, **labels: str) -> float:
+        labels = {"namespace": "metered", "agent": "coder"} | labels
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (
+        sample("nofx_tokens_total", model="sonnet", type="cached"),
+        sample("nofx_cost_total", model="sonnet", currency="EUR"),
+        sample("nofx_cost_total", model="", currency="EUR"),
+    )
+    used = (TokensUsed("sonnet", 10, 20, 30, Decimal("0.5")),)
+    finished = AttemptFinished(
+        step="a", index=None, attempt=1, job_name="j", agent="coder", outcome="Succeeded",
+        wall_seconds=1.0, cost=Decimal("0.25"), currency="EUR", tokens=used,
+    )  # fmt: skip
+    metrics.count_attempt("metered", finished)
+    after = (
+        sample("nofx_tokens_total", model="sonnet", type="cached"),
+        sample("nofx_cost_total", model="sonnet", currency="EUR"),
+        sample("nofx_cost_total", model="", currency="EUR"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [30, 0.5, 0.25]
