@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from decimal import Decimal
 from typing import Any
 
 from nofx.api_errors import Conflict
@@ -20,6 +21,7 @@ from nofx.cli.options import (
     parse_time,
 )
 from nofx.mirror.store import Store
+from nofx.planner.tokens import money_text
 
 
 def add(commands: Any) -> None:
@@ -143,8 +145,8 @@ def _usage(args: argparse.Namespace) -> int:
     for row in rows:
         print(
             f"{row['day']!s:<11} {row['account']:<16} {row['agent']:<20} {row['attempts']:>8} "
-            f"{row['wall_seconds']:>10.1f} {row['token_cost']!s:>14} {row['cost']!s:>14} "
-            f"{row['currency']}"
+            f"{row['wall_seconds']:>10.1f} {_money(row['token_cost']):>14} "
+            f"{_money(row['cost']):>14} {row['currency']}"
         )
     return 0
 
@@ -159,9 +161,14 @@ def _usage_by_model(rows: list[dict[str, Any]]) -> None:
         print(
             f"{row['day']!s:<11} {row['account']:<16} {row['agent']:<20} {model:<24} "
             f"{row['attempts']:>8} {row['wall_seconds']:>9.1f} {row['input_tokens']:>12} "
-            f"{row['output_tokens']:>12} {row['cached_tokens']:>12} {row['cost']!s:>14} "
+            f"{row['output_tokens']:>12} {row['cached_tokens']:>12} {_money(row['cost']):>14} "
             f"{row['currency']}"
         )
+
+
+def _money(amount: Decimal) -> str:
+    """An amount as the API writes money: "0.957", not Postgres' "0.957000000"."""
+    return money_text(Decimal(amount))
 
 
 def _history(args: argparse.Namespace) -> int:
