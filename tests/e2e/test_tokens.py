@@ -6,11 +6,12 @@ report fails its step with a reason."""
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 
 import pytest
 
-from .conftest import wait_for_phase
+from .conftest import OperatorProcess, wait_for_phase
 from .objects import agent, apply, run, step, steps_by_name
 from .test_mirror import Mirrored, fresh_namespace, mirrored, wait_mirrored
 
@@ -161,3 +162,45 @@ def test_a_bad_usage_report_fails_the_step_with_a_reason(metered: Mirrored) -> N
         work = steps_by_name(body)["work"]
         assert (body["status"]["phase"], work["reason"]) == ("Failed", reason)
         assert says in work["message"]
+
+
+def test_an_account_past_its_monthly_budget_starts_no_new_run(metered: Mirrored) -> None:
+    """Last in the module: it runs the operator again, reading the accounts' budgets."""
+    kubectl = metered.kubectl
+    namespace = fresh_namespace(kubectl, "monthly", account="thrifty")
+    kubectl("create", "namespace", "nofx-system")
+    budget = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "budget-thrifty", "labels": {"nofx.dev/account-budget": "true"}},
+        "data": {"account": "thrifty", "monthlyMaxCost": "1", "currency": "EUR"},
+    }
+    apply(kubectl, "nofx-system", budget)
+    budgeted = OperatorProcess(
+        metered.plane, metered.operator.log_path.parent, *metered.operator.extra,
+        "--account-budgets-namespace", "nofx-system", "--account-budgets-interval", "1",
+    )  # fmt: skip
+    metered.operator.stop()
+    budgeted.start()
+    try:
+        costly = reports({"model": "sonnet", "outputTokens": 100000})  # 1.5 EUR
+        apply(kubectl, namespace, agent("costly", costly, pricing=PRICES),
+              run("first", steps=[step("work", "costly")]))  # fmt: skip
+        first = wait_for_phase(kubectl, namespace, "first", {"Succeeded", "Failed"})
+        assert first["status"]["phase"] == "Succeeded"
+        wait_mirrored(metered, namespace, ["first"])
+        time.sleep(3)  # the budgets' reader sees the spend within its interval (1 s)
+        apply(kubectl, namespace, run("second", steps=[step("work", "costly")]))
+        held = wait_for_phase(kubectl, namespace, "second", {"Pending"}, timeout=30)
+        [ready] = [c for c in held["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready["reason"] == "AccountBudgetExceeded"
+        assert "account thrifty spent 1.5" in ready["message"]
+        assert (
+            "its monthly budget is 1 EUR (ConfigMap nofx-system/budget-thrifty)"
+            in (ready["message"])
+        )
+        time.sleep(1)
+        jobs = kubectl.json("get", "jobs", "-n", namespace, "-l", "nofx.dev/run=second")
+        assert jobs["items"] == []  # held: no Job (unit tests: a raised budget releases it)
+    finally:
+        budgeted.stop()

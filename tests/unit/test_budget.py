@@ -3,11 +3,16 @@ stopped and the Run fails with reason BudgetExceeded; the currency is checked wh
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from nofx.api.account_budgets import AccountBudget, MonthlyBudget, parse
 from nofx.api.reasons import Reason
+from nofx.planner.budget import ACCOUNT_BUDGET_RECHECK
+from nofx.reconcilers.account_budgets import combine, month_start
 
-from .builders import Sim, agent, by_ref, condition, entry, inline, phases, step, template
+from .builders import T0, Sim, agent, by_ref, condition, entry, inline, phases, step, template
 
 MINI = {"model": "mini", "inputPerMillion": "1", "outputPerMillion": "2"}
 
@@ -116,3 +121,68 @@ def test_a_child_run_does_not_start_past_the_budget() -> None:
     decision = sim.decide()
     assert (decision.create_child_runs, decision.cancel_child_runs) == ([], [])
     assert phases(sim.status) == {"a": "Succeeded", "child": "Skipped"}
+
+
+# --- an account's monthly budget ------------------------------------------------------------
+
+
+def monthly(spent: str, max_cost: str = "100", account: str = "team-a") -> AccountBudget:
+    return AccountBudget(account, Decimal(max_cost), "USD", Decimal(spent), "nofx/budget-a")
+
+
+def test_a_new_run_of_an_account_past_its_monthly_budget_waits_pending() -> None:
+    sim = Sim(inline(step("a")), agents=AGENTS)
+    sim.set_world(account_budget=monthly("100"))
+    decision = sim.decide()
+    assert decision.create_jobs == []
+    assert sim.status.phase == "Pending"
+    _, reason, message = condition(sim.status, "Ready")
+    assert reason == Reason.ACCOUNT_BUDGET_EXCEEDED
+    assert message.startswith(
+        "account team-a spent 100 USD this month, its monthly budget is 100 USD "
+        "(ConfigMap nofx/budget-a)"
+    )
+    assert decision.wake_at == sim.now + ACCOUNT_BUDGET_RECHECK
+    # A raised budget (or a new month) lets it start by itself.
+    sim.tick(60)
+    sim.set_world(account_budget=monthly("100", max_cost="150"))
+    assert [r.step for r in sim.decide().create_jobs] == ["a"]
+    assert sim.status.phase == "Running"
+    # Once started, the monthly budget no longer holds it.
+    sim.set_world(account_budget=monthly("500"))
+    sim.succeed("a")
+    sim.decide()
+    assert sim.status.phase == "Succeeded"
+
+
+def test_another_accounts_budget_holds_nothing_and_a_held_run_can_be_cancelled() -> None:
+    sim = Sim(inline(step("a")), agents=AGENTS)
+    sim.set_world(account_budget=monthly("100", account="team-b"))
+    assert sim.decide().create_jobs != []
+
+    held = Sim(inline(step("a")), agents=AGENTS)
+    held.set_world(account_budget=monthly("100"))
+    held.decide()
+    held.edit(cancel=True)
+    held.decide()
+    assert held.status.phase == "Cancelled"
+
+
+def test_account_budget_configmaps_are_parsed_and_the_smaller_of_two_holds() -> None:
+    good = parse("b", {"account": "acme", "monthlyMaxCost": "500.00", "currency": "EUR"})
+    assert isinstance(good, MonthlyBudget)
+    smaller = parse("a", {"account": "acme", "monthlyMaxCost": "200"})  # USD by default
+    assert isinstance(smaller, MonthlyBudget)
+    bad = parse("c", {"account": "acme", "monthlyMaxCost": "-1", "extra": "x"})
+    assert isinstance(bad, str)
+    assert bad.startswith("ConfigMap c is not an account budget: monthlyMaxCost: String should")
+    assert "extra: Extra inputs are not permitted" in bad
+    spent = {("acme", "USD"): Decimal("150"), ("acme", "EUR"): Decimal("600")}
+    [(account, budget)] = combine([("ns/b", good), ("ns/a", smaller)], spent).items()
+    assert account == "acme"
+    assert (budget.max_cost, budget.currency, budget.spent, budget.exceeded) == (
+        Decimal(200), "USD", Decimal(150), False,
+    )  # fmt: skip
+    [euro] = combine([("ns/b", good)], spent).values()
+    assert (euro.spent, euro.exceeded) == (Decimal(600), True)
+    assert month_start(T0 + timedelta(days=40, hours=3)) == datetime(2030, 2, 1, tzinfo=UTC)

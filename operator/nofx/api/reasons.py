@@ -8,6 +8,7 @@ class Reason(StrEnum):
     # The Run could not start, or stopped, because of its own spec or status.
     INVALID_PLAN = "InvalidPlan"  # the plan cannot run (cycle, too large, bad reference)
     # The Run waits (Pending) for something to exist or to become valid.
+    ACCOUNT_BUDGET_EXCEEDED = "AccountBudgetExceeded"  # its account spent its monthly budget
     TEMPLATE_MISSING = "TemplateMissing"
     TEMPLATE_INVALID = "TemplateInvalid"
     AGENT_MISSING = "AgentMissing"

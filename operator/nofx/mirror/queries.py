@@ -8,6 +8,7 @@ every region of a global database.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 import psycopg
@@ -103,6 +104,18 @@ def usage_by_model(
         for key in ("input_tokens", "output_tokens", "cached_tokens"):
             row[key] = int(row[key])  # sum(bigint) is numeric
     return rows
+
+
+def spent_since(
+    conn: psycopg.Connection[Any], region: str, since: datetime
+) -> dict[tuple[str, str], Decimal]:
+    """(account, currency) → the cost (wall time and tokens) billed since `since`."""
+    rows = conn.execute(
+        "SELECT account, currency, sum(cost + token_cost) FROM usage_records"
+        " WHERE region = %s AND billed_at >= %s GROUP BY account, currency",
+        (region, since),
+    ).fetchall()
+    return {(unescape(account), currency): total for account, currency, total in rows}
 
 
 _USAGE_FILTER = (

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -258,6 +259,11 @@ class Store:
         time as model None (queries.usage_by_model)."""
         with self._connection() as conn:
             return queries.usage_by_model(conn, self._region_filter(all_regions), account, since)
+
+    def spent_since(self, since: datetime) -> dict[tuple[str, str], Decimal]:
+        """(account, currency) → the cost billed in this region since `since`."""
+        with self._connection() as conn:
+            return queries.spent_since(conn, self.region, since)
 
     def run_usage(self, run_uid: str) -> list[dict[str, Any]]:
         with self._connection() as conn:

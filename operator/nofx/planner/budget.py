@@ -6,14 +6,37 @@ exceeded() first), running work is stopped and the Run fails with reason BudgetE
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from decimal import Decimal
 
 from nofx.api.agent import AgentSpec
 from nofx.api.reasons import Reason
-from nofx.api.run import Usage
+from nofx.api.run import RunStatus, Usage
 from nofx.api.template import Budget
 from nofx.planner import stopping
+from nofx.planner.conditions import pending
+from nofx.planner.facts import Decision, World
 from nofx.planner.state import RunState
+
+# How often a Run held back by its account's monthly budget looks again (a new month, a raised
+# budget): the spend it reads is refreshed about as often (reconcilers/account_budgets.py).
+ACCOUNT_BUDGET_RECHECK = timedelta(seconds=60)
+
+
+def account_spent(status: RunStatus, world: World, decision: Decision) -> bool:
+    """Holds a Run that has not started Pending while its account has spent its monthly budget
+    (returns True then); it starts by itself once the budget allows."""
+    budget = world.account_budget
+    if budget is None or budget.account != status.account or not budget.exceeded:
+        return False
+    message = (
+        f"account {budget.account} spent {budget.spent} {budget.currency} this month, its "
+        f"monthly budget is {budget.max_cost} {budget.currency} (ConfigMap {budget.source}): "
+        "the Run starts when the budget allows"
+    )
+    pending(status, world.now, Reason.ACCOUNT_BUDGET_EXCEEDED, message)
+    decision.wake_no_later_than(world.now + ACCOUNT_BUDGET_RECHECK)
+    return True
 
 
 def currency_problems(budget: Budget | None, agents: Mapping[str, AgentSpec]) -> list[str]:

@@ -58,6 +58,8 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     """Resolves the plan, its parameters and its Agents once; the snapshot is all a Run ever
     runs with. Returns whether the Run could start."""
     status, spec = decision.status, run.spec
+    if budget.account_spent(status, world, decision):
+        return False
     template_name = spec.template_ref.name if spec.template_ref else None
     plan = spec.inline_template() if template_name is None else world.template
     if plan is None:
