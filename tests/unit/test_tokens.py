@@ -261,3 +261,23 @@ def test_a_finished_attempt_counts_its_tokens_and_cost_by_agent_and_model() -> N
         sample("nofx_cost_total", model="", currency="EUR"),
     )
     assert [a - b for a, b in zip(after, before, strict=True)] == [30, 0.5, 0.25]
+
+
+def test_an_agent_without_pricing_charges_in_no_currency() -> None:
+    agents = {"coder": agent(), "reviewer": priced("EUR")}
+    sim = Sim(inline(step("free"), step("paid", "free", agent="reviewer")), agents=agents)
+    sim.decide()
+    sim.tick(10)
+    sim.succeed("free", outputs={"nofx.usage": {"model": "local-llama", "inputTokens": 7}})
+    sim.decide()
+    usage = sim.status.usage
+    assert usage is not None
+    assert (usage.costs, usage.cost, usage.wall_seconds) == (None, "0", 10)
+    assert [(t.model, t.input_tokens, t.cost) for t in usage.tokens or []] == [
+        ("local-llama", 7, "0")
+    ]
+    sim.tick(100)
+    sim.succeed("paid")
+    sim.decide()
+    assert [(c.currency, c.cost) for c in sim.status.usage.costs or []] == [("EUR", "0.1")]
+    assert (sim.status.usage.cost, sim.status.usage.currency) == ("0.1", "EUR")

@@ -51,24 +51,28 @@ def meter(
         memory_request=requests.memory if requests else None,
         tokens=tuple(tokens),
     )
-    state.status.usage = add_to_usage(state.status.usage or Usage(), finished_attempt)
+    usage = state.status.usage or Usage()
+    state.status.usage = add_to_usage(usage, finished_attempt, priced=pricing is not None)
     state.decision.finished_attempts.append(finished_attempt)
 
 
-def add_to_usage(usage: Usage, attempt: AttemptFinished) -> Usage:
+def add_to_usage(usage: Usage, attempt: AttemptFinished, priced: bool = True) -> Usage:
     """The Run's usage with one more attempt: wall seconds, cost per currency (the first
-    currency charged stays in cost/currency), tokens and their cost per model and currency."""
+    currency charged stays in cost/currency), tokens and their cost per model and currency.
+    An Agent without pricing charges in no currency: its attempts add time and tokens only."""
     usage = usage.model_copy(deep=True)
     usage.wall_seconds = round(usage.wall_seconds + attempt.wall_seconds, 3)
     costs = {entry.currency: Decimal(entry.cost) for entry in usage.costs or []}
     if not costs and Decimal(usage.cost) > 0:  # metered before costs were listed
         costs[usage.currency] = Decimal(usage.cost)
-    first = next(iter(costs), attempt.currency)
-    costs[attempt.currency] = costs.get(attempt.currency, Decimal(0)) + (
-        attempt.cost + attempt.token_cost
-    )
-    usage.costs = [CurrencyCost(currency=c, cost=money_text(amount)) for c, amount in costs.items()]
-    usage.currency, usage.cost = first, money_text(costs[first])
+    if priced:
+        costs[attempt.currency] = costs.get(attempt.currency, Decimal(0)) + (
+            attempt.cost + attempt.token_cost
+        )
+    if costs:
+        first = next(iter(costs))
+        usage.costs = [CurrencyCost(currency=c, cost=money_text(v)) for c, v in costs.items()]
+        usage.currency, usage.cost = first, money_text(costs[first])
     models = {(entry.model, entry.currency): entry for entry in usage.tokens or []}
     for used in attempt.tokens:
         key = (used.model, attempt.currency)
