@@ -28,8 +28,7 @@ log = logging.getLogger("nofx.operator")
 
 PEERING_NAME = "nofx"
 INDEXES = (
-    "jobs_by_run",
-    "active_jobs_by_agent",
+    "step_jobs",
     "child_runs_by_parent",
     "child_runs_by_root",
     "agents_by_namespace",

@@ -32,8 +32,14 @@ class _Stored:
     uid: str
     # The latest written body, as the writer holds it (run_body.mirrored_part: no pinned specs,
     # no steps): its resourceVersion guards the removal, and a failed removal writes it again.
-    body: dict[str, Any]
-    keys: set[EntryKey] = field(default_factory=set)
+    # None once no stored entry waits in the outbox.
+    body: dict[str, Any] | None
+    keys: set[EntryKey] = field(default_factory=set)  # in Postgres and still in the outbox
+    # What is in Postgres and already left the outbox, so that an older body of the Run (a
+    # watch event behind the reconciler's write) does not hand those entries over again:
+    # events through this sequence number (a Run's events are stored in order), usage by key.
+    events_through: int = 0
+    usage_gone: set[EntryKey] = field(default_factory=set)
     due: float = 0.0
 
 
@@ -51,24 +57,30 @@ class StoredEntries:
 
     def unstored(self, key: RunKey, body: dict[str, Any]) -> dict[str, Any]:
         """The body with only the outbox entries that are not in Postgres yet."""
-        keys = self.keys(key, body["metadata"]["uid"])
-        if not keys:
-            return body
+        with self._lock:
+            stored = self._runs.get(key)
+            if stored is None or stored.uid != body["metadata"]["uid"]:
+                return body
+            left = [entry for entry in pending(body) if not _is_stored(stored, entry)]
         status = body.get("status") or {}
         audit = status.get("audit") or {}
-        left = [entry for entry in pending(body) if outbox.entry_key(entry) not in keys]
         return {**body, "status": {**status, "audit": {**audit, "pending": left}}}
 
     def written(self, key: RunKey, body: dict[str, Any]) -> set[EntryKey] | None:
         """Records the entries of a written body. Returns every stored key of the Run if the
         writer must remove them now, None if the reconciler's next write may do it."""
         uid = body["metadata"]["uid"]
+        entries = pending(body)
         with self._lock:
             stored = self._runs.get(key)
             if stored is None or stored.uid != uid:
-                stored = self._runs[key] = _Stored(uid, body, due=self._clock() + ACK_AFTER)
+                stored = self._runs[key] = _Stored(uid, body)
+            if not stored.keys:
+                stored.due = self._clock() + ACK_AFTER
             stored.body = body
-            stored.keys |= {outbox.entry_key(entry) for entry in pending(body)}
+            stored.keys |= {outbox.entry_key(entry) for entry in entries}
+            seqs = [entry["seq"] for entry in entries if entry["type"] == outbox.EVENT]
+            stored.events_through = max([stored.events_through, *seqs])
             if _ends(body) or len(stored.keys) >= ACK_NOW_ENTRIES:
                 return set(stored.keys)
             return None
@@ -80,7 +92,7 @@ class StoredEntries:
             return [
                 (key, stored.body, set(stored.keys))
                 for key, stored in self._runs.items()
-                if stored.keys and stored.due <= now
+                if stored.keys and stored.body is not None and stored.due <= now
             ]
 
     def removed(self, key: RunKey, uid: str, keys: set[EntryKey]) -> None:
@@ -90,8 +102,20 @@ class StoredEntries:
             if stored is None or stored.uid != uid:
                 return
             stored.keys -= keys
-            if not stored.keys:
-                del self._runs[key]
+            stored.usage_gone |= {key for key in keys if key[0] == outbox.USAGE}
+            if stored.keys:
+                return
+            if stored.body is not None and _ends(stored.body):
+                del self._runs[key]  # nothing more to come
+            else:
+                stored.body = None
+
+
+def _is_stored(stored: _Stored, entry: dict[str, Any]) -> bool:
+    if entry["type"] == outbox.EVENT:
+        return bool(entry["seq"] <= stored.events_through)
+    entry_key = outbox.entry_key(entry)
+    return entry_key in stored.keys or entry_key in stored.usage_gone
 
 
 def _ends(body: dict[str, Any]) -> bool:

@@ -161,10 +161,11 @@ class Store:
         events: Sequence[AuditEvent],
         usage: Sequence[UsageRecord],
         runs: Sequence[RunRecord],
-    ) -> None:
+    ) -> list[datetime]:
         """Store a batch in one transaction. Events and usage already stored are skipped, Runs
-        are upserted. Raises ChainGapError (writing nothing) if an event's seq - 1 is missing,
-        Rejected (writing nothing) if Postgres refuses a value."""
+        are upserted. Returns when each newly stored event happened. Raises ChainGapError
+        (writing nothing) if an event's seq - 1 is missing, Rejected (writing nothing) if
+        Postgres refuses a value."""
         # Escaped before hashing: the chain covers the stored values (see escaping.py).
         events = [escape_fields(event) for event in events]
         usage = [escape_fields(record) for record in usage]
@@ -193,6 +194,7 @@ class Store:
                     UPSERT_RUN,
                     [{**streams.row(self.region, run), "terminal": terminal} for run in runs],
                 )
+        return [row["at"] for row in rows]
 
     def record_version(self, version: SpecVersion) -> int | None:
         """Store the spec as version N+1 with its audit event, unless the latest version of
