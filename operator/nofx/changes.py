@@ -20,6 +20,7 @@ class TokensUsed:
     output_tokens: int
     cached_tokens: int
     cost: Decimal
+    priced: bool = True  # False: its Agent prices no model (then any name may come)
 
 
 @dataclass(frozen=True)

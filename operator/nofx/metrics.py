@@ -17,10 +17,11 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 STEP_ATTEMPTS = Counter(
     "nofx_step_attempts_total", "Finished step attempts by outcome.", ["outcome"]
 )
+UNPRICED_MODEL = "(unpriced)"  # the model label of tokens an Agent that prices no model meters
 TOKENS = Counter(
     "nofx_tokens_total",
     "Tokens that finished step attempts reported (nofx.usage), by namespace, agent, model and "
-    "type (input, output, cached).",
+    "type (input, output, cached); model is (unpriced) for an Agent that prices no model.",
     ["namespace", "agent", "model", "type"],
 )
 COST = Counter(
@@ -56,13 +57,15 @@ def count_attempt(namespace: str, attempt: AttemptFinished) -> None:
     agent, currency = attempt.agent, attempt.currency
     COST.labels(namespace, agent, "", currency).inc(float(attempt.cost))
     for used in attempt.tokens:
+        # A model name comes from the step; only an Agent's priced models bound the label's values.
+        model = used.model if used.priced else UNPRICED_MODEL
         for kind, count in (
             ("input", used.input_tokens),
             ("output", used.output_tokens),
             ("cached", used.cached_tokens),
         ):
-            TOKENS.labels(namespace, agent, used.model, kind).inc(count)
-        COST.labels(namespace, agent, used.model, currency).inc(float(used.cost))
+            TOKENS.labels(namespace, agent, model, kind).inc(count)
+        COST.labels(namespace, agent, model, currency).inc(float(used.cost))
 
 
 _phases: dict[tuple[str, str], str] = {}

@@ -3,6 +3,7 @@ prices, the Run's usage per model and per currency, and bad reports as typed rea
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -261,6 +262,18 @@ def test_a_finished_attempt_counts_its_tokens_and_cost_by_agent_and_model() -> N
         sample("nofx_cost_total", model="", currency="EUR"),
     )
     assert [a - b for a, b in zip(after, before, strict=True)] == [30, 0.5, 0.25]
+    # Names from an Agent that prices no model are not labels: a step could send any number.
+    free = (TokensUsed("made-up-7", 5, 0, 0, Decimal(0), priced=False),)
+    unpriced_before = sample("nofx_tokens_total", model="(unpriced)", type="input")
+    metrics.count_attempt("metered", replace(finished, tokens=free))
+    assert sample("nofx_tokens_total", model="(unpriced)", type="input") - unpriced_before == 5
+    assert (
+        REGISTRY.get_sample_value(
+            "nofx_tokens_total",
+            {"namespace": "metered", "agent": "coder", "model": "made-up-7", "type": "input"},
+        )
+        is None
+    )
 
 
 def test_an_agent_without_pricing_charges_in_no_currency() -> None:

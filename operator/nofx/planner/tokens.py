@@ -120,7 +120,7 @@ def price(usages: Sequence[ModelUsage], pricing: Pricing | None, agent: str) -> 
     """Each model's tokens at the Agent's prices. An Agent without model prices meters tokens
     at no cost; one with prices refuses a model it does not list (UsageProblem)."""
     if not pricing or not pricing.models:
-        return [_used(usage, Decimal(0)) for usage in usages]
+        return [_used(usage, Decimal(0), priced=False) for usage in usages]
     prices: dict[str, ModelPrice] = {}
     for listed in pricing.models:
         prices.setdefault(listed.model, listed)
@@ -141,9 +141,9 @@ def price(usages: Sequence[ModelUsage], pricing: Pricing | None, agent: str) -> 
     return priced
 
 
-def _used(usage: ModelUsage, amount: Decimal) -> TokensUsed:
+def _used(usage: ModelUsage, amount: Decimal, priced: bool = True) -> TokensUsed:
     return TokensUsed(
-        usage.model, usage.input_tokens, usage.output_tokens, usage.cached_tokens, amount
+        usage.model, usage.input_tokens, usage.output_tokens, usage.cached_tokens, amount, priced
     )
 
 
