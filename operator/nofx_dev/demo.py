@@ -1,7 +1,8 @@
 """`make demo`: the whole product on loopback. The real control plane with the admission
 policies, Postgres, the operator mirroring to it, and the samples; then what the mirror recorded:
-the DAG Run's audit timeline, the chains' verification, the account's usage, a Template's
-history after an edit. `--serve` keeps everything running until Ctrl-C.
+the DAG Run's audit timeline, the chains' verification, the account's usage (per agent, and the
+tokens per model its steps reported), a Template's history after an edit. `--serve` keeps
+everything running until Ctrl-C.
 
 kwok plays the kubelet and runs no container, so the samples are applied with the overlay
 `manifests/samples/local`: each sample Agent gets the Pod annotations that tell kwok how long its
@@ -163,7 +164,10 @@ class Demo:
         print("\n# the audit trail in Postgres: who did what, when, hash-chained")
         self.nofx("audit", DEMO_RUN)
         self.nofx("audit", "verify")
-        self.nofx("usage", "--account", ACCOUNT, "--since", datetime.now(UTC).strftime("%Y-%m-%d"))
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        self.nofx("usage", "--account", ACCOUNT, "--since", today)
+        print("\n# the tokens the steps reported (nofx.usage), priced per model by their Agents")
+        self.nofx("usage", "--account", ACCOUNT, "--since", today, "--by", "model")
         print("\n# every version of a Template is kept: edit one and read its history")
         edit = {"spec": {"description": "Backend, frontend and docs in parallel, then one review."}}
         self.kubectl("patch", "template", "dag", "--type", "merge", "-p", json.dumps(edit))

@@ -149,7 +149,7 @@ def apply(
                 },
             )
     for attempt in decision.finished_attempts:
-        metrics.STEP_ATTEMPTS.labels(outcome=attempt.outcome).inc()
+        metrics.count_attempt(run.namespace, attempt)
     metrics.set_run_phase(key, decision.status.phase)
     return decision
 

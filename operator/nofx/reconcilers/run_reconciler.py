@@ -34,6 +34,7 @@ from nofx.planner.decide import decide
 from nofx.planner.facts import Decision, Limits, RunView, World
 from nofx.planner.stopping import abort_run
 from nofx.reconcilers import apply, observe
+from nofx.reconcilers.account_budgets import AccountBudgets
 from nofx.reconcilers.apply import AUDIT_FINALIZER
 from nofx.reconcilers.errors import failures_before_showing, is_transient
 from nofx.reconcilers.observe import Observed
@@ -54,10 +55,12 @@ class RunReconciler:
         limits: Limits | None = None,
         mirror: MirrorWriter | None = None,
         indexes: dict[str, Any] | None = None,
+        account_budgets: AccountBudgets | None = None,
     ) -> None:
         self.kube = kube
         self.limits = limits or Limits()
         self.mirror = mirror  # None: no Postgres mirror configured
+        self.account_budgets = account_budgets  # None: accounts have no monthly budgets
         self.indexes = indexes or {}  # Kopf's in-memory indexes, by name
         self.slots = AgentSlots()
         self.waiters = Waiters()
@@ -168,6 +171,10 @@ class RunReconciler:
         if old_status.account is None and old_status.phase not in TERMINAL_RUN_PHASES:
             labels = self.kube.namespace_labels(namespace)
             namespace_account = accounts.namespace_account(namespace, labels)
+        account = old_status.account or namespace_account
+        account_budget = None
+        if self.account_budgets is not None and old_status.pinned is None and account:
+            account_budget = self.account_budgets.of(account)  # memory only: no I/O here
         with self.slots.lock:
             pinned = old_status.pinned is not None
             agents = observe.pinned_agents(old_status) if pinned else observed.agents
@@ -189,6 +196,7 @@ class RunReconciler:
                 limits=self.limits,
                 tree_size=len(tree),
                 namespace_account=namespace_account,
+                account_budget=account_budget,
             )
             decision = decide(run, world)
             for request in decision.create_jobs:
