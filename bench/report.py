@@ -94,7 +94,8 @@ def summary(results: dict[str, Any], before: dict[str, Any] | None = None) -> st
             "",
             "## Before and after",
             "",
-            f"Before: {before.get('label', 'an earlier run')}. After: this run. The limits of "
+            f"Before: {before.get('label', 'an earlier run')}. After: "
+            f"{results.get('label', 'this run')}. The limits of "
             f"each run: {before['limit']['lifecycle']['jobs_per_second']} and "
             f"{limit['lifecycle']['jobs_per_second']} Jobs/s (Job lifecycle).",
             "",
