@@ -4,12 +4,15 @@ limits, time zones and the names that make a second start after a restart a no-o
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydantic import ValidationError
 
 from nofx.api.schedule import Schedule, ScheduleSpec, ScheduleStatus
+from nofx.api_errors import Rejected
+from nofx.kube import Kube
+from nofx.reconcilers.schedules import ScheduleReconciler
 from nofx.scheduling.decide import (
     MISSED,
     ScheduledRunView,
@@ -19,6 +22,7 @@ from nofx.scheduling.decide import (
     run_name,
 )
 from nofx.scheduling.times import missed_times, next_time
+from tests.unit.fake_kube import FakeKube
 
 CREATED = datetime(2026, 1, 5, 8, 0, 30, tzinfo=UTC)
 
@@ -202,3 +206,30 @@ def test_the_run_template_has_no_account_and_no_inline_plan() -> None:
         {"metadata": {"name": "s"}, "spec": spec().to_dict(), "status": {}}
     )
     assert schedule.spec.time_zone == "UTC" and schedule.spec.concurrency_policy == "Allow"
+
+
+def test_a_run_the_api_server_refuses_is_missed_with_its_words_and_not_sent_again() -> None:
+    """An admission policy or the schema refuses the Schedule's Run: the scheduled time counts
+    as handled (the same Run would be refused again), the Schedule says why in its Missed
+    condition and a Warning Event, and the next scheduled time tries again."""
+    kube = FakeKube()
+    kube.fail_next("create", 1, Rejected(403, "denied by the nofx-accounts policy"))
+    created = datetime.now(UTC) - timedelta(minutes=15)
+    body = kube.put("schedules", {
+        "apiVersion": "nofx.dev/v1alpha1", "kind": "Schedule",
+        "metadata": {"namespace": "team", "name": "nightly",
+                     "creationTimestamp": created.isoformat()},
+        "spec": spec().model_dump(by_alias=True, exclude_none=True),
+    })  # fmt: skip
+    reconciler = ScheduleReconciler(cast(Kube, kube), {})
+    result = reconciler._reconcile(("team", "nightly"), body, ())
+    status = kube.objects[("schedules", "team", "nightly")]["status"]
+    missed = next(c for c in status["conditions"] if c["type"] == MISSED)
+    assert (missed["status"], missed["reason"]) == ("True", "RunRejected")
+    assert "denied by the nofx-accounts policy" in missed["message"]
+    assert status.get("active") is None and status["lastScheduleTime"]
+    assert ("nightly", "RunRejected") in kube.called("create_event")
+    assert result.requeue_after is not None, "the next scheduled time is still set"
+    again = kube.objects[("schedules", "team", "nightly")]
+    reconciler._reconcile(("team", "nightly"), again, ())
+    assert len(kube.called("create")) == 1, "the refused Run is not sent again"

@@ -15,10 +15,19 @@ from pydantic import ValidationError
 
 from nofx.api.common import GROUP, VERSION
 from nofx.api.schedule import SCHEDULE_LABEL, ScheduleSpec, ScheduleStatus, schedule_of
+from nofx.api_errors import Rejected
 from nofx.builders.scheduled_run import build_scheduled_run, scheduled_time
 from nofx.kube import Kube
 from nofx.reconcilers import context, status_patch
-from nofx.scheduling.decide import ScheduledRunView, ScheduleFacts, SchedulePlan, decide
+from nofx.reconcilers.errors import failures_before_showing, is_transient
+from nofx.scheduling.decide import (
+    ScheduledRunView,
+    ScheduleFacts,
+    SchedulePlan,
+    ScheduleReason,
+    decide,
+    refused,
+)
 from nofx.workqueue import Backoff, LoopClock, Result, Retry, Timers, WorkQueue, worker
 
 log = logging.getLogger("nofx.schedules")
@@ -78,6 +87,21 @@ class ScheduleReconciler:
             "schedule pass failed, retrying",
             extra={"schedule": "/".join(key), "error": str(error), "delay": str(retry.delay)},
         )
+        body = self.bodies.get(key)
+        if body is not None and retry.failures >= failures_before_showing(is_transient(error)):
+            await asyncio.to_thread(self._show_failure, body, error, retry)
+
+    def _show_failure(self, body: dict[str, Any], error: Exception, retry: Retry) -> None:
+        """Retried for as long as it fails, but not in silence: a Warning Event on the
+        Schedule says why (Kubernetes folds the repeats into one Event with a count)."""
+        message = (
+            f"the operator failed on this Schedule {retry.failures} times, retrying in "
+            f"{retry.delay.total_seconds():.0f}s: {type(error).__name__}: {error}"
+        )[:1000]
+        try:
+            self.kube.create_event(_involved(body), "Warning", "ReconcileError", message)
+        except Exception as shown:  # the API server is what fails: the log has it
+            log.warning("cannot post the Event: %s", shown, extra={"schedule": _name(body)})
 
     # --- one pass (worker thread) ---
 
@@ -104,7 +128,7 @@ class ScheduleReconciler:
             runs=runs,
         )
         plan = decide(facts)
-        self._carry_out(body, spec, plan)
+        self._carry_out(body, spec, plan, facts.now)
         new_status = plan.status.to_dict()
         if new_status != (body.get("status") or {}):
             stored = self.kube.patch_status("schedules", *key, _replacing(body, new_status))
@@ -112,31 +136,49 @@ class ScheduleReconciler:
                 self.bodies[key] = stored
         return Result(plan.wake_at + TIMER_SLACK if plan.wake_at else None)
 
-    def _carry_out(self, body: dict[str, Any], spec: ScheduleSpec, plan: SchedulePlan) -> None:
+    def _carry_out(
+        self, body: dict[str, Any], spec: ScheduleSpec, plan: SchedulePlan, now: datetime
+    ) -> None:
         namespace = body["metadata"]["namespace"]
         for name in plan.cancel:
             self.kube.patch_spec("runs", namespace, name, {"cancel": True})
             log.info("cancelled a Run to replace it", extra={"run": f"{namespace}/{name}"})
         if plan.start is not None:
-            run = build_scheduled_run(
-                body, spec.run_template, plan.start.name, plan.start.scheduled_at
-            )
-            # False: it exists, started by a pass before a restart; a second start is a no-op.
-            if self.kube.create("runs", namespace, run):
-                log.info("started a scheduled Run", extra={"run": f"{namespace}/{plan.start.name}"})
-                self.kube.create_event(
-                    _involved(body),
-                    "Normal",
-                    "Started",
-                    f"started Run {plan.start.name} for {plan.start.scheduled_at.isoformat()}",
-                )
+            self._start(body, spec, plan, now)
         for name in plan.delete:
             self.kube.delete("runs", namespace, name)
+
+    def _start(
+        self, body: dict[str, Any], spec: ScheduleSpec, plan: SchedulePlan, now: datetime
+    ) -> None:
+        assert plan.start is not None
+        name, at = plan.start.name, plan.start.scheduled_at
+        namespace = body["metadata"]["namespace"]
+        run = build_scheduled_run(body, spec.run_template, name, at)
+        try:
+            created = self.kube.create("runs", namespace, run)
+        except Rejected as error:
+            refused(plan, error.message, now)
+            log.warning("the API server refused a scheduled Run: %s", error.message,
+                        extra={"run": f"{namespace}/{name}"})  # fmt: skip
+            message = f"the API server refused Run {name}: {error.message}"[:1000]
+            self.kube.create_event(_involved(body), "Warning", ScheduleReason.RUN_REJECTED, message)
+            return
+        if not created:
+            return  # it exists: a pass before a restart started it
+        log.info("started a scheduled Run", extra={"run": f"{namespace}/{name}"})
+        self.kube.create_event(
+            _involved(body), "Normal", "Started", f"started Run {name} for {at.isoformat()}"
+        )
 
 
 def _replacing(body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
     """A merge patch that sets status to exactly `status`: fields it lost become null."""
     return {**{field: None for field in body.get("status") or {}}, **status}
+
+
+def _name(body: dict[str, Any]) -> str:
+    return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
 
 
 def _involved(body: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ class ScheduleReason(StrEnum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"  # later than startingDeadlineSeconds
     CONCURRENCY_FORBIDDEN = "ConcurrencyForbidden"  # Forbid, and an earlier Run is active
     TOO_MANY_MISSED = "TooManyMissed"  # more than MAX_MISSED times passed unstarted
+    RUN_REJECTED = "RunRejected"  # the API server refused the Run (its admission, its schema)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,19 @@ def decide(facts: ScheduleFacts) -> SchedulePlan:
             status, MISSED, "False", ScheduleReason.ON_TIME, f"started the Run of {at}", now
         )
     return _with_active(plan, [*active, ScheduledRunView(name, None, latest)])
+
+
+def refused(plan: SchedulePlan, problem: str, now: datetime) -> None:
+    """The API server refused the Run the plan started. Its scheduled time counts as handled
+    (sending the same Run again would be refused again): it is Missed, with the server's words,
+    and the next scheduled time tries again."""
+    assert plan.start is not None
+    started = plan.start
+    plan.start = None
+    active = [name for name in plan.status.active or [] if name != started.name]
+    plan.status.active = active or None
+    message = f"the Run of {started.scheduled_at.isoformat()} was refused: {problem}"
+    set_condition(plan.status, MISSED, "True", ScheduleReason.RUN_REJECTED, message, now)
 
 
 def expired_history(runs: tuple[ScheduledRunView, ...], spec: ScheduleSpec) -> list[str]:
