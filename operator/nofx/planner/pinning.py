@@ -88,6 +88,11 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     if problems:
         _cannot_run(status, world, problems)
         return False
+    unavailable = _cache_unavailable(plan, world)
+    if unavailable is not None:
+        finish(status, world.now, "Failed", Reason.CACHE_UNAVAILABLE, unavailable)
+        set_condition(status, READY, "False", Reason.CACHE_UNAVAILABLE, unavailable, world.now)
+        return False
 
     for child_template, step_name in child_templates(plan).items():
         if child_template not in world.templates or world.templates[child_template] is None:
@@ -131,6 +136,18 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     set_condition(status, READY, "True", "Started", "template and agents pinned", world.now)
     set_condition(status, SUCCEEDED, "Unknown", "Running", "the Run is running", world.now)
     return True
+
+
+def _cache_unavailable(plan: TemplateSpec, world: World) -> str | None:
+    """Why a plan with cached steps cannot run here: only the mirror's Postgres keeps the cache
+    (a Run fails at once rather than run its steps uncached and cost what it asked to save)."""
+    cached = [s.name for s in [*plan.steps, *(plan.finally_ or [])] if s.cache is not None]
+    if not cached or world.cache_enabled:
+        return None
+    return (
+        f"step {', '.join(cached)} sets cache, but the operator has no Postgres mirror "
+        "(--database-url) to keep cached results in: remove cache or configure the mirror"
+    )
 
 
 def _cannot_run(status: RunStatus, world: World, problems: list[str]) -> None:
