@@ -1,6 +1,7 @@
 """Cached steps with the real operator, control plane and Postgres: a second Run reuses the
 outputs the first stored (no Job, no cost, an audited StepCached transition), a Run in another
-namespace never does, and an entry older than the step's ttl is a miss that runs the Job."""
+namespace never does, and an entry older than the step's ttl is a miss that runs the Job;
+without the mirror, a Run with a cached step fails at once with CacheUnavailable."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from .conftest import wait_for_phase
+from ..conftest import Kubectl
+from .conftest import OperatorProcess, wait_for_phase
 from .objects import agent, apply, run, step, steps_by_name
 from .test_mirror import Mirrored, fresh_namespace, mirrored, wait_mirrored
 
@@ -89,3 +91,16 @@ def test_a_second_run_reuses_the_cached_outputs_and_a_miss_after_the_ttl_runs_th
     assert steps_by_name(third)["fetch"].get("reason") is None
     assert steps_by_name(third)["fetch"]["attempts"] == 1
     assert jobs_of(cached, namespace, "third") == ["fetch", "use"]
+
+
+def test_without_a_mirror_a_run_with_a_cached_step_fails_with_cache_unavailable(
+    operator: OperatorProcess, kubectl: Kubectl, namespace: str
+) -> None:
+    apply(kubectl, namespace, agent("fetcher"), plan("uncacheable"))
+    body = wait_for_phase(kubectl, namespace, "uncacheable", {"Succeeded", "Failed"})
+    assert body["status"]["phase"] == "Failed"
+    [succeeded] = [c for c in body["status"]["conditions"] if c["type"] == "Succeeded"]
+    assert succeeded["reason"] == "CacheUnavailable"
+    assert "step fetch sets cache" in succeeded["message"]
+    assert "Postgres mirror" in succeeded["message"]
+    assert kubectl.json("get", "jobs", "-n", namespace)["items"] == []
