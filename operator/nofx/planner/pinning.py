@@ -199,6 +199,8 @@ def status_bound_problems(plan: TemplateSpec) -> list[str]:
         entries += 1 + items
         # Every entry may report full outputs; a forEach step's own entry joins its items'.
         size += (1 + items) * (STEP_ENTRY_OVERHEAD + MAX_OUTPUT_BYTES) + items * MAX_OUTPUT_BYTES
+        # A cached step's outputs wait in the audit outbox too, until the mirror stored them.
+        size += MAX_OUTPUT_BYTES if step.cache is not None else 0
     problems = []
     if entries > MAX_STATUS_STEP_ENTRIES:
         problems.append(
@@ -209,9 +211,9 @@ def status_bound_problems(plan: TemplateSpec) -> list[str]:
     if size > MAX_STATUS_STEP_BYTES:
         problems.append(
             f"the plan's steps can report {size / 2**20:.1f} MiB of outputs ({MAX_OUTPUT_BYTES} "
-            f"bytes per attempt, twice for forEach items); a Run's status holds at most "
-            f"{MAX_STATUS_STEP_BYTES / 2**20:.0f} MiB: use fewer forEach steps, or move them "
-            "into child Runs"
+            f"bytes per attempt, twice for forEach items and cached steps); a Run's status "
+            f"holds at most {MAX_STATUS_STEP_BYTES / 2**20:.0f} MiB: use fewer forEach steps, "
+            "or move them into child Runs"
         )
     return problems
 
