@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from nofx.api.run import RunStatus, StepStatus
 
@@ -41,6 +42,9 @@ class AttemptFinished:
     cpu_request: str | None = None
     memory_request: str | None = None
     tokens: tuple[TokensUsed, ...] = ()  # cost above is the wall time's; these come on top
+    # A cached step's successful attempt: its cache key and the outputs a later hit reuses.
+    cache_key: str | None = None
+    outputs: dict[str, Any] | None = None
 
     @property
     def token_cost(self) -> Decimal:
@@ -96,6 +100,8 @@ def transitions(old: RunStatus, new: RunStatus) -> list[Transition]:
             continue  # listing the plan is not news
         if entry.phase == "Waiting":
             reason = "StepRetrying" if entry.next_attempt_at else "StepWaiting"
+        elif entry.phase == "Succeeded" and entry.reason == "Cached":
+            reason = "StepCached"  # outputs reused from an earlier Run: no Job, no cost
         else:
             reason = _STEP_REASONS.get(entry.phase, "StepPending")
         changes.append(

@@ -23,6 +23,7 @@ from nofx.reconcilers import agents, context, runs, schedules, templates  # noqa
 from nofx.reconcilers.account_budgets import AccountBudgets
 from nofx.reconcilers.run_reconciler import RunReconciler
 from nofx.reconcilers.schedules import ScheduleReconciler
+from nofx.reconcilers.step_cache import StepCache
 
 log = logging.getLogger("nofx.operator")
 
@@ -103,19 +104,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         OPTIONS.max_child_runs,
         timedelta(seconds=OPTIONS.pod_create_timeout),
     )
-    mirror = budgets = None
+    mirror = budgets = step_cache = None
     if OPTIONS.database_url:
         # Opening the pool does not wait for Postgres: the operator runs while it is down.
         store = Store(OPTIONS.database_url, OPTIONS.region, keys=OPTIONS.audit_keys)
         mirror = MirrorWriter(store, client)
         mirror.start()
+        step_cache = StepCache(store)  # cached steps keep their results in the mirror's database
+        step_cache.start()
         if OPTIONS.account_budgets_namespace:
             budgets = AccountBudgets(
                 client, store, OPTIONS.account_budgets_namespace, OPTIONS.account_budgets_interval
             )
             budgets.start()
     indexes = {name: kwargs[name] for name in INDEXES}
-    reconciler = RunReconciler(client, limits, mirror, indexes, budgets)
+    reconciler = RunReconciler(client, limits, mirror, indexes, budgets, step_cache)
     reconciler.start(workers=OPTIONS.workers)
     scheduler = ScheduleReconciler(client, indexes)
     scheduler.start()
@@ -142,6 +145,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await ctx.schedules.stop()
     if ctx.runs.account_budgets is not None:
         ctx.runs.account_budgets.stop()
+    if ctx.runs.step_cache is not None:
+        ctx.runs.step_cache.stop()
     if ctx.mirror is not None:
         ctx.mirror.stop()
 

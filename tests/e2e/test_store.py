@@ -30,7 +30,13 @@ from ..conftest import new_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 3, 1, 9, 0, 0, 123456, tzinfo=UTC)
-ALL_MIGRATIONS = ["0001_initial", "0002_step_attempts", "0003_audit_keys", "0004_token_usage"]
+ALL_MIGRATIONS = [
+    "0001_initial",
+    "0002_step_attempts",
+    "0003_audit_keys",
+    "0004_token_usage",
+    "0005_step_cache",
+]
 MIRRORED = {
     "runs": "region, uid",
     "audit_events": "region, stream, seq",

@@ -235,6 +235,7 @@ CEL_ONLY = {
     "run-template-ref-and-steps",
     "run-template-ref-with-inline-finally",
     "template-agent-ref-and-child-run",
+    "template-cache-on-fan-out-and-child-run",
     "template-depends-on-unknown-step",
     "template-duplicate-step-names",
     "template-finally-name-clash",

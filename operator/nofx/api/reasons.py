@@ -33,6 +33,11 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"  # spec.suspend: nothing new starts
     WAITING_FOR_SLOT = "WaitingForSlot"  # its Agent runs maxConcurrentSteps already
     RETRY_BACKOFF = "RetryBackoff"  # an attempt failed; the next starts at nextAttemptAt
+    CACHE_LOOKUP = "CacheLookup"  # its cache key is being looked up in Postgres
+    # Why a step succeeded without a Job: it reused an earlier attempt's outputs (step cache).
+    CACHED = "Cached"
+    # The Run asks for cached steps, but the operator has no Postgres mirror to keep them in.
+    CACHE_UNAVAILABLE = "CacheUnavailable"
     # Why a step was skipped.
     UPSTREAM_FAILED = "UpstreamFailed"  # a step it depends on did not succeed
     WHEN_NOT_MET = "WhenNotMet"  # its `when` expressions are false

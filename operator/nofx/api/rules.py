@@ -112,6 +112,7 @@ RunTimeout = bounded_duration(MAX_DURATION)
 # At most 1h: the operator multiplies the first delay by factor**9 before capping it.
 RetryDelay = bounded_duration(timedelta(hours=1))
 MaxRetryDelay = bounded_duration(timedelta(days=1))
+CacheTtl = bounded_duration(timedelta(days=30))
 
 
 # --- map keys -------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from nofx.api.common import (
 )
 from nofx.api.rules import (
     IDENTIFIER_KEYS,
+    CacheTtl,
     MaxRetryDelay,
     ParameterValue,
     ParameterValues,
@@ -143,6 +144,21 @@ class WhenExpression(ApiModel):
     )
 
 
+class StepCache(ApiModel):
+    """Reuse the outputs of an earlier successful attempt instead of running a Job: one with the
+    same cache key (the pinned Agent's spec and image, the rendered inputs, key, the namespace and
+    the account) that succeeded less than ttl ago. Needs the operator's Postgres mirror."""
+
+    ttl: CacheTtl = Field(
+        description='How old a reused result may be, e.g. "1h"; at most 720h (30 days).'
+    )
+    key: ShortText | None = Field(
+        default=None,
+        description="Extra text mixed into the cache key, e.g. a version of what the step "
+        "reads from outside its inputs; change it to stop reusing older results.",
+    )
+
+
 Inputs = Annotated[dict[str, TemplatedString], Field(max_length=32), IDENTIFIER_KEYS]
 
 
@@ -165,6 +181,11 @@ class Step(ApiModel):
                 "!has(self.maxParallel) || has(self.forEach)",
                 "maxParallel applies only to a step with forEach",
                 ".maxParallel",
+            ),
+            cel(
+                "!has(self.cache) || (!has(self.childRun) && !has(self.forEach))",
+                "cache applies only to a step that runs an Agent, without forEach",
+                ".cache",
             ),
         )
     )
@@ -210,6 +231,11 @@ class Step(ApiModel):
     )
     approval: ApprovalGate | None = Field(
         default=None, description="Wait for a person's approval before the step starts."
+    )
+    cache: StepCache | None = Field(
+        default=None,
+        description="Reuse the outputs of an earlier successful attempt with the same Agent "
+        "and inputs (in this namespace and account) instead of running a Job.",
     )
 
 

@@ -84,6 +84,11 @@ def record(
                     if attempt.tokens
                     else {}
                 ),
+                **(
+                    {"cache": {"key": attempt.cache_key, "outputs": attempt.outputs or {}}}
+                    if attempt.cache_key
+                    else {}
+                ),
             }
         )
     if pending or status.audit is not None:
@@ -205,6 +210,8 @@ def to_records(
                     currency=entry["currency"],
                     outcome=entry.get("outcome"),
                     tokens=tuple(_token_record(used) for used in entry.get("tokens") or ()),
+                    cache_key=(entry.get("cache") or {}).get("key"),
+                    outputs=(entry.get("cache") or {}).get("outputs"),
                 )
             )
     return events, usage

@@ -149,3 +149,39 @@ def finished_runs(
         (region, since, until),
     ).fetchall()
     return [(unescape(namespace), unescape(name), uid) for namespace, name, uid in rows]
+
+
+class CacheEntry(NamedTuple):
+    """A stored result of a cached step (migration 0005)."""
+
+    namespace: str
+    run_name: str
+    run_uid: str
+    step: str
+    outputs: dict[str, Any]
+    created_at: datetime
+
+
+def cache_lookup(
+    conn: psycopg.Connection[Any],
+    region: str,
+    key: str,
+    namespace: str,
+    account: str,
+    since: datetime,
+) -> CacheEntry | None:
+    """The newest entry under key created after since. The key covers the namespace and
+    account already; they are compared too, so that no hit can cross them."""
+    row = conn.execute(
+        "SELECT namespace, run_name, run_uid, step, outputs, created_at FROM step_cache"
+        " WHERE region = %s AND cache_key = %s AND namespace = %s AND account = %s"
+        " AND created_at > %s ORDER BY created_at DESC LIMIT 1",
+        (region, key, escape(namespace), escape(account), since),
+    ).fetchone()
+    if row is None:
+        return None
+    found_namespace, run_name, run_uid, step, outputs, created_at = row
+    return CacheEntry(
+        unescape(found_namespace), unescape(run_name), run_uid, unescape(step),
+        unescape_json(outputs), created_at,
+    )  # fmt: skip

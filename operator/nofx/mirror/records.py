@@ -64,6 +64,9 @@ class UsageRecord:
     currency: str
     outcome: str | None = None  # Succeeded or Failed
     tokens: tuple[TokenRecord, ...] = ()
+    # A cached step's successful attempt: stored as a cache entry under this key, with outputs.
+    cache_key: str | None = None
+    outputs: dict[str, Any] | None = None
 
     @property
     def token_cost(self) -> Decimal:

@@ -21,13 +21,14 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from nofx.api.run import TERMINAL_RUN_PHASES
 from nofx.mirror import checkpoints, history, queries, schema, streams
 from nofx.mirror.audit_checks import Verification
 from nofx.mirror.errors import refusals_as_rejected
-from nofx.mirror.escaping import escape_fields
+from nofx.mirror.escaping import escape_fields, escape_json
 from nofx.mirror.keys import AuditKey, KeyRing
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.verify import verify as verify_chains
@@ -53,6 +54,15 @@ INSERT INTO token_usage (
     %(region)s, %(run_uid)s, %(namespace)s, %(run_name)s, %(step)s, %(item_index)s, %(attempt)s,
     %(account)s, %(agent)s, %(model)s, %(billed_at)s, %(input_tokens)s, %(output_tokens)s,
     %(cached_tokens)s, %(cost)s, %(currency)s
+) ON CONFLICT DO NOTHING
+"""
+
+INSERT_CACHE = """
+INSERT INTO step_cache (
+    region, cache_key, namespace, account, run_uid, run_name, step, attempt, outputs, created_at
+) VALUES (
+    %(region)s, %(cache_key)s, %(namespace)s, %(account)s, %(run_uid)s, %(run_name)s, %(step)s,
+    %(attempt)s, %(outputs)s, %(created_at)s
 ) ON CONFLICT DO NOTHING
 """
 
@@ -188,6 +198,11 @@ class Store:
                 ]
                 if tokens:
                     cur.executemany(INSERT_TOKENS, tokens)
+                cached = [
+                    self._cache_row(r) for r in usage if r.cache_key and r.outcome == "Succeeded"
+                ]
+                if cached:
+                    cur.executemany(INSERT_CACHE, cached)
             if runs:
                 terminal = sorted(TERMINAL_RUN_PHASES)
                 cur.executemany(
@@ -232,7 +247,23 @@ class Store:
             "token_cost": record.token_cost,
         }
 
+    def _cache_row(self, record: UsageRecord) -> dict[str, Any]:
+        """A cached step's successful attempt as its cache entry (outputs escaped like all
+        jsonb the mirror stores)."""
+        return {
+            **streams.row(self.region, record),
+            "outputs": Jsonb(escape_json(record.outputs or {})),
+            "created_at": record.finished_at or record.started_at or datetime.now(UTC),
+        }
+
     # --- reads (queries.py, verify.py) ---
+
+    def cache_lookup(
+        self, key: str, namespace: str, account: str, since: datetime
+    ) -> queries.CacheEntry | None:
+        """The newest cache entry of this region under key, created after since."""
+        with self._connection() as conn:
+            return queries.cache_lookup(conn, self.region, key, namespace, account, since)
 
     def versions(self, kind: str, namespace: str, name: str) -> list[queries.StoredVersion]:
         """Every stored spec of the object, oldest first."""

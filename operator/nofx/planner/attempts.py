@@ -11,7 +11,7 @@ from nofx.api.reasons import TERMINAL_STEP_REASONS, Reason
 from nofx.api.run import StepStatus
 from nofx.api.template import Step
 from nofx.changes import TokensUsed
-from nofx.planner import billing, budget, templating, tokens
+from nofx.planner import billing, budget, caching, templating, tokens
 from nofx.planner.conditions import bounded
 from nofx.planner.facts import JobObservation, JobRequest
 from nofx.planner.naming import job_name
@@ -34,6 +34,14 @@ def start_attempt(
         return
     if budget.exceeded(state):
         return  # the Run stops at the end of this pass (budget.enforce)
+    if step.cache is not None and not entry.attempts:
+        try:
+            rendered = render_inputs(step, context)
+        except templating.TemplateError as error:
+            state.end(entry, "Failed", f"inputs: {error}")
+            return
+        if caching.look_up(state, step, entry, rendered) != caching.Lookup.MISS:
+            return  # reused (no Job, no cost), or waiting for the answer
     agent_name = agent_for(step, state.agents)
     assert agent_name is not None, "pinning chose an agent for every step"
     agent = state.agents[agent_name]
@@ -46,9 +54,7 @@ def start_attempt(
             return
         state.free_slots[agent_name] -= 1
     try:
-        inputs = {
-            key: templating.render(value, context) for key, value in (step.inputs or {}).items()
-        }
+        inputs = render_inputs(step, context)
     except templating.TemplateError as error:
         state.end(entry, "Failed", f"inputs: {error}")
         return
@@ -112,7 +118,8 @@ def advance_attempt(
         except tokens.UsageProblem as problem:
             outputs, failure, reason = {}, problem.message, problem.reason
     outcome_phase = "Succeeded" if failure is None else "Failed"
-    billing.meter(state, step, entry, observation, outcome_phase, used)
+    cache_key = _cache_key(state, step, context) if failure is None else None
+    billing.meter(state, step, entry, observation, outcome_phase, used, cache_key, outputs)
     if failure is None:
         entry.outputs = outputs
         state.end(entry, "Succeeded", f"attempt {attempt} succeeded")
@@ -135,6 +142,21 @@ def advance_attempt(
         return
     tries = f" after {attempt} attempts" if attempt > 1 else ""
     state.end(entry, "Failed", f"{failure}{tries}", reason)
+
+
+def render_inputs(step: Step, context: dict[str, Any]) -> dict[str, Any]:
+    return {key: templating.render(value, context) for key, value in (step.inputs or {}).items()}
+
+
+def _cache_key(state: RunState, step: Step, context: dict[str, Any]) -> str | None:
+    """The key under which a cached step's successful attempt is stored (the inputs render
+    as they did when it started: upstream outputs never change)."""
+    if step.cache is None:
+        return None
+    try:
+        return caching.key_of(state, step, render_inputs(step, context))
+    except templating.TemplateError:
+        return None
 
 
 def _reported_tokens(

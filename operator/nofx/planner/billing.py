@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 from nofx.api.run import MAX_USAGE_MODELS, CurrencyCost, ModelTokens, StepStatus, Usage
 from nofx.api.template import Step
@@ -25,7 +26,11 @@ def meter(
     observation: JobObservation,
     outcome: str,
     tokens: Sequence[TokensUsed] = (),
+    cache_key: str | None = None,
+    outputs: dict[str, Any] | None = None,
 ) -> None:
+    """Meters a finished attempt; a cached step's successful one carries its cache key and
+    outputs to the mirror, which stores them as a cache entry with its usage record."""
     agent_name = agent_for(step, state.agents) or ""
     agent = state.agents.get(agent_name)
     pricing = agent.pricing if agent else None
@@ -50,6 +55,8 @@ def meter(
         cpu_request=requests.cpu if requests else None,
         memory_request=requests.memory if requests else None,
         tokens=tuple(tokens),
+        cache_key=cache_key,
+        outputs=outputs if cache_key else None,
     )
     usage = state.status.usage or Usage()
     state.status.usage = add_to_usage(usage, finished_attempt, priced=pricing is not None)

@@ -91,6 +91,28 @@ class ChildRunObservation:
 
 
 @dataclass(frozen=True)
+class CacheHit:
+    """A successful attempt whose outputs a cached step may reuse (planner/caching.py)."""
+
+    namespace: str
+    run_name: str
+    run_uid: str
+    step: str
+    outputs: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CacheQuery:
+    """A cache key to look up: the newest entry of the namespace's account since `since`."""
+
+    key: str
+    namespace: str
+    account: str
+    since: datetime
+
+
+@dataclass(frozen=True)
 class World:
     """What the operator observed; everything decide() needs besides the Run itself."""
 
@@ -109,6 +131,11 @@ class World:
     namespace_account: str | None = None
     # The monthly budget of the Run's account and what it spent, until the Run is pinned.
     account_budget: AccountBudget | None = None
+    # Whether cached steps can be looked up (the operator has a Postgres mirror), and the
+    # answers known so far for this Run: cache key → the entry to reuse, or None (a miss). A
+    # key not in it has no answer yet.
+    cache_enabled: bool = False
+    cache_answers: Mapping[str, CacheHit | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +159,7 @@ class Decision:
     waiting_for: set[tuple[str, str]] = field(default_factory=set)
     wake_at: datetime | None = None
     delete_run: bool = False
+    cache_queries: list[CacheQuery] = field(default_factory=list)  # keys to look up
 
     def wake_no_later_than(self, when: datetime) -> None:
         if self.wake_at is None or when < self.wake_at:

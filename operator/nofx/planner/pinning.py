@@ -88,6 +88,11 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     if problems:
         _cannot_run(status, world, problems)
         return False
+    unavailable = _cache_unavailable(plan, world)
+    if unavailable is not None:
+        finish(status, world.now, "Failed", Reason.CACHE_UNAVAILABLE, unavailable)
+        set_condition(status, READY, "False", Reason.CACHE_UNAVAILABLE, unavailable, world.now)
+        return False
 
     for child_template, step_name in child_templates(plan).items():
         if child_template not in world.templates or world.templates[child_template] is None:
@@ -131,6 +136,18 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     set_condition(status, READY, "True", "Started", "template and agents pinned", world.now)
     set_condition(status, SUCCEEDED, "Unknown", "Running", "the Run is running", world.now)
     return True
+
+
+def _cache_unavailable(plan: TemplateSpec, world: World) -> str | None:
+    """Why a plan with cached steps cannot run here: only the mirror's Postgres keeps the cache
+    (a Run fails at once rather than run its steps uncached and cost what it asked to save)."""
+    cached = [s.name for s in [*plan.steps, *(plan.finally_ or [])] if s.cache is not None]
+    if not cached or world.cache_enabled:
+        return None
+    return (
+        f"step {', '.join(cached)} sets cache, but the operator has no Postgres mirror "
+        "(--database-url) to keep cached results in: remove cache or configure the mirror"
+    )
 
 
 def _cannot_run(status: RunStatus, world: World, problems: list[str]) -> None:
@@ -182,6 +199,8 @@ def status_bound_problems(plan: TemplateSpec) -> list[str]:
         entries += 1 + items
         # Every entry may report full outputs; a forEach step's own entry joins its items'.
         size += (1 + items) * (STEP_ENTRY_OVERHEAD + MAX_OUTPUT_BYTES) + items * MAX_OUTPUT_BYTES
+        # A cached step's outputs wait in the audit outbox too, until the mirror stored them.
+        size += MAX_OUTPUT_BYTES if step.cache is not None else 0
     problems = []
     if entries > MAX_STATUS_STEP_ENTRIES:
         problems.append(
@@ -192,9 +211,9 @@ def status_bound_problems(plan: TemplateSpec) -> list[str]:
     if size > MAX_STATUS_STEP_BYTES:
         problems.append(
             f"the plan's steps can report {size / 2**20:.1f} MiB of outputs ({MAX_OUTPUT_BYTES} "
-            f"bytes per attempt, twice for forEach items); a Run's status holds at most "
-            f"{MAX_STATUS_STEP_BYTES / 2**20:.0f} MiB: use fewer forEach steps, or move them "
-            "into child Runs"
+            f"bytes per attempt, twice for forEach items and cached steps); a Run's status "
+            f"holds at most {MAX_STATUS_STEP_BYTES / 2**20:.0f} MiB: use fewer forEach steps, "
+            "or move them into child Runs"
         )
     return problems
 

@@ -38,6 +38,7 @@ from nofx.reconcilers.account_budgets import AccountBudgets
 from nofx.reconcilers.apply import AUDIT_FINALIZER
 from nofx.reconcilers.errors import failures_before_showing, is_transient
 from nofx.reconcilers.observe import Observed
+from nofx.reconcilers.step_cache import StepCache
 from nofx.reconcilers.waiters import Waiters
 from nofx.slots import AgentSlots
 from nofx.workqueue import Backoff, LoopClock, Result, Retry, Timers, WorkQueue, worker
@@ -56,11 +57,15 @@ class RunReconciler:
         mirror: MirrorWriter | None = None,
         indexes: dict[str, Any] | None = None,
         account_budgets: AccountBudgets | None = None,
+        step_cache: StepCache | None = None,
     ) -> None:
         self.kube = kube
         self.limits = limits or Limits()
         self.mirror = mirror  # None: no Postgres mirror configured
         self.account_budgets = account_budgets  # None: accounts have no monthly budgets
+        self.step_cache = step_cache  # None: no mirror, so no cached steps
+        if step_cache is not None:
+            step_cache.on_answer = self._trigger_from_thread
         self.indexes = indexes or {}  # Kopf's in-memory indexes, by name
         self.slots = AgentSlots()
         self.waiters = Waiters()
@@ -100,6 +105,10 @@ class RunReconciler:
             self.kube.own_writes.seen("runs", body)
             self.trigger(key)
 
+    def _trigger_from_thread(self, key: RunKey) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.queue.add, key)
+
     def trigger_soon(self, keys: Iterable[RunKey]) -> None:
         for key in keys:
             self.queue.add(key)
@@ -119,6 +128,8 @@ class RunReconciler:
         self.backoff.forget(key)
         self.timers.cancel(key)
         self.waiters.forget(key)
+        if self.step_cache is not None:
+            self.step_cache.forget(key)
         metrics.forget_run(key)
 
     async def reconcile(self, key: RunKey, body: dict[str, Any] | None) -> Result:
@@ -197,6 +208,8 @@ class RunReconciler:
                 tree_size=len(tree),
                 namespace_account=namespace_account,
                 account_budget=account_budget,
+                cache_enabled=self.step_cache is not None,
+                cache_answers=self.step_cache.answers(key) if self.step_cache else {},
             )
             decision = decide(run, world)
             for request in decision.create_jobs:
@@ -227,6 +240,8 @@ class RunReconciler:
         done = apply.apply(
             self.kube, self.mirror, run, body, decision, replace_status=replace_status
         )
+        if self.step_cache is not None:
+            self.step_cache.ask(key, done.cache_queries if done is not None else ())
         if done is None:
             return Result()
         missed = False
