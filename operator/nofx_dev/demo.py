@@ -1,7 +1,8 @@
 """`make demo`: the whole product on loopback. The real control plane with the admission
 policies, Postgres, the operator mirroring to it, and the samples; then what the mirror recorded:
-the DAG Run's audit timeline, the chains' verification, the account's usage (per agent, and the
-tokens per model its steps reported), a Template's history after an edit. `--serve` keeps
+a cached step reused by a second Run, the DAG Run's audit timeline, the chains' verification,
+the account's usage (per agent, and the tokens per model its steps reported), a Template's
+history after an edit. `--serve` keeps
 everything running until Ctrl-C.
 
 kwok plays the kubelet and runs no container, so the samples are applied with the overlay
@@ -12,6 +13,7 @@ steps run and what they report (the outputs its Agent declares to `nofx sample-a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -158,6 +160,32 @@ class Demo:
         print()
         self.kubectl("get", "nofx")
 
+    def show_a_cache_hit(self) -> None:
+        """Two Runs of the Template cached-plan with the same parameters: the second one's plan
+        step reuses the first one's outputs (from Postgres) and runs no Job."""
+        print("\n# a cached step: the same plan twice; the second Run reuses the first one's")
+        for name in ("plan-once", "plan-again"):
+            run = {
+                "apiVersion": "nofx.dev/v1alpha1", "kind": "Run", "metadata": {"name": name},
+                "spec": {"templateRef": {"name": "cached-plan"},
+                         "parameters": {"repo": "nofx-dev/demo", "task": "Dark mode."}},
+            }  # fmt: skip
+            self.kubectl("create", "-f", "-", stdin=json.dumps(run))
+            self.kubectl("wait", f"run/{name}", "--for=condition=Succeeded", "--timeout=120s")
+            # The cache entry is written with the Run's usage record, by the mirror.
+            wait_until(functools.partial(self._stored, name), 60, f"the mirror to store {name}")
+        print()
+        self.print_steps("plan-again")
+        print()
+        self.kubectl(
+            "get", "jobs", "-l", "nofx.dev/run in (plan-once,plan-again)",
+            "-L", "nofx.dev/run,nofx.dev/step",
+        )  # fmt: skip
+
+    def _stored(self, run: str) -> bool:
+        body = json.loads(self.kubectl("get", "run", run, "-o", "json", show=False))
+        return not (body["status"].get("audit") or {}).get("pending")
+
     def show_the_record(self) -> None:
         """What the mirror keeps in Postgres once the Runs have finished."""
         wait_until(self._mirrored, 60, "the mirror to store every Run's audit events")
@@ -209,7 +237,9 @@ class Demo:
         body = json.loads(self.kubectl("get", "run", run, "-o", "json", show=False))
         status = body["status"]
         print(f"Run {run}: {status['phase']} ({status['progress']} steps), usage {status['usage']}")
-        header = f"{'STEP':<10} {'PHASE':<10} {'ATTEMPTS':<9} {'SECONDS':<8} {'OUTPUTS'}"
+        header = (
+            f"{'STEP':<10} {'PHASE':<10} {'REASON':<10} {'ATTEMPTS':<9} {'SECONDS':<8} {'OUTPUTS'}"
+        )
         print(header)
         for entry in status["steps"]:
             seconds = ""
@@ -219,7 +249,8 @@ class Demo:
                 seconds = f"{(finished - started).total_seconds():.1f}"
             outputs = json.dumps(entry.get("outputs", {}))[:60] or entry.get("message", "")
             print(
-                f"{entry['name']:<10} {entry['phase']:<10} {entry.get('attempts', 0)!s:<9} "
+                f"{entry['name']:<10} {entry['phase']:<10} {entry.get('reason') or '':<10} "
+                f"{entry.get('attempts', 0)!s:<9} "
                 f"{seconds:<8} {outputs}"
             )
 
@@ -254,6 +285,7 @@ def main() -> int:
         try:
             demo.start()
             demo.run_samples()
+            demo.show_a_cache_hit()
             demo.show_the_record()
             if args.serve:
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -150,13 +150,21 @@ def operator(
 
 
 def wait_for_phase(
-    kubectl: Kubectl, namespace: str, run: str, phases: set[str], timeout: float = 60
+    kubectl: Kubectl,
+    namespace: str,
+    run: str,
+    phases: set[str],
+    timeout: float = 60,
+    message_has: str | None = None,
 ) -> dict:
+    """The Run once its phase is one of these (and its message says message_has, if given)."""
     deadline = time.monotonic() + timeout
     body: dict = {}
     while time.monotonic() < deadline:
         body = kubectl.json("get", "run", run, "-n", namespace)
-        if (body.get("status") or {}).get("phase") in phases:
+        status = body.get("status") or {}
+        if status.get("phase") in phases and (message_has or "") in (status.get("message") or ""):
             return body
         time.sleep(0.2)
-    raise AssertionError(f"Run {run} never reached {phases}; status: {body.get('status')}")
+    wanted = f"{phases} saying {message_has!r}" if message_has else f"{phases}"
+    raise AssertionError(f"Run {run} never reached {wanted}; status: {body.get('status')}")

@@ -21,6 +21,11 @@ def test_the_demo_runs_the_samples_and_shows_what_postgres_recorded() -> None:
     )  # fmt: skip
     out = demo.stdout
     assert demo.returncode == 0, out[-3000:] + demo.stderr[-3000:]
+    steps = out.split("Run plan-again: Succeeded")[1].split("$ kubectl")[0]
+    assert re.search(r"^plan\s+Succeeded\s+Cached\s", steps, re.MULTILINE), steps
+    jobs = out.split("-L nofx.dev/run,nofx.dev/step\n")[1].split("\n\n")[0]
+    assert re.search(r"\splan-once\s+plan\s*$", jobs, re.MULTILINE), jobs
+    assert not re.search(r"\splan-again\s+plan\s*$", jobs, re.MULTILINE), "a cache hit runs no Job"
     timeline = out.split("$ nofx audit dag-dark-mode\n")[1].split("$ nofx")[0]
     assert "RunRunning" in timeline and "RunSucceeded" in timeline
     assert "nofx-admin" in timeline, "the creator of the Run, as the API server authenticated it"

@@ -428,8 +428,8 @@ def test_template_created_after_the_run(
     ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "TemplateMissing" and "later" in ready["message"]
     apply(kubectl, namespace, template("later", [step("work")]))
-    body = wait_for_phase(kubectl, namespace, "early", {"Pending"})
-    assert "Agent echo not found" in body["status"]["message"]
+    # The Template's arrival wakes the Run: it now waits for the Template's Agent.
+    wait_for_phase(kubectl, namespace, "early", {"Pending"}, message_has="Agent echo not found")
     apply(kubectl, namespace, agent("echo"))
     body = wait_for_phase(kubectl, namespace, "early", {"Succeeded", "Failed"})
     assert body["status"]["phase"] == "Succeeded"
