@@ -12,6 +12,7 @@ help:
 	@echo "make test      run every test (unit and end-to-end)"
 	@echo "make smoke-oldest  the tests marked oldest on the oldest supported Kubernetes (1.35)"
 	@echo "make dev-up    start a local control plane and Postgres in the background"
+	@echo "               (ARGS=--with-kueue: and Kueue, for Runs that name a queue)"
 	@echo "make dev-env   their environment: eval \"\$$(make -s dev-env)\""
 	@echo "make dev-down  stop them"
 	@echo "make chaos     the crash test at twice its scale (300 Runs, 40 operator kills)"
@@ -31,7 +32,7 @@ tools:
 	@bash tools/build.sh >/dev/null
 
 dev-up: venv
-	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx_dev up
+	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx_dev up $(ARGS)
 
 dev-down: venv
 	@$(PY) -m nofx_dev down
