@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-RUN_PHASES = ("Pending", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled")
+RUN_PHASES = ("Pending", "Queued", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
 STEP_ATTEMPTS = Counter(

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from nofx.builders.job import CONTAINER_NAME
-from nofx.builders.labels import ATTEMPT_LABEL, INDEX_LABEL, STEP_LABEL
+from nofx.builders.labels import ATTEMPT_LABEL, INDEX_LABEL, QUEUE_LABEL, STEP_LABEL
 from nofx.planner.facts import JobObservation, JobState
 
 
@@ -39,6 +39,8 @@ def observe_job(job: dict[str, Any]) -> JobObservation:
         finished_at=_time(status.get("completionTime")),
         created_at=_time(job["metadata"].get("creationTimestamp")),
         pods_started=any(status.get(count) for count in pods) or state != "Active",
+        queue_name=labels.get(QUEUE_LABEL),
+        suspended=bool((job.get("spec") or {}).get("suspend")),
     )
 
 

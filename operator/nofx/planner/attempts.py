@@ -3,7 +3,7 @@ backoff, give up; and watch a Job that cannot create its Pod."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from nofx.api.common import parse_duration
@@ -51,6 +51,7 @@ def start_attempt(
         return
     attempt = (entry.attempts or 0) + 1
     name = job_name(state.run.name, state.run.uid, step.name, entry.index, attempt)
+    queue = state.status.queue_name
     # A Job seen already was created before a crash that kept this status from being
     # written: it is this attempt, to be read (below), not created again.
     if name not in state.world.jobs:
@@ -65,17 +66,22 @@ def start_attempt(
                 item=item,
                 timeout_seconds=timeout_seconds(step.timeout),
                 job_name=name,
+                queue_name=queue,
             )
         )
-    # A look at the Job soon: one that cannot create its Pod sends no event that says so.
-    state.decision.wake_no_later_than(state.now + POD_START_CHECK)
-    entry.phase = "Running"
-    entry.reason = None
     entry.attempts = attempt
     entry.job_name = name
     entry.started_at = entry.started_at or state.now
     entry.next_attempt_at = None
-    entry.message = f"attempt {attempt} running as Job {name}"
+    if queue:
+        # Kueue's Workload events tell when it is admitted, or why not.
+        entry.phase, entry.reason = "Queued", Reason.QUEUED
+        entry.message = f"attempt {attempt} queued in LocalQueue {queue} as Job {name}"
+    else:
+        # A look at the Job soon: one that cannot create its Pod sends no event that says so.
+        state.decision.wake_no_later_than(state.now + POD_START_CHECK)
+        entry.phase, entry.reason = "Running", None
+        entry.message = f"attempt {attempt} running as Job {name}"
     if name in state.world.jobs:
         advance_attempt(state, step, entry, context, item)  # it may have finished already
 
@@ -93,6 +99,12 @@ def advance_attempt(
     if observation is None:
         return
     attempt = entry.attempts or 0
+    if observation.state == "Active" and observation.queue_name:
+        if observation.suspended:
+            _queued(entry, observation)
+            return
+        if entry.phase == "Queued":
+            _admitted(entry, observation)
     if observation.state == "Active":
         failure = _pod_start_failure(state, entry, observation)
         if failure is None:
@@ -127,14 +139,51 @@ def advance_attempt(
     state.end(entry, "Failed", f"{failure}{tries}", reason)
 
 
+def _queued(entry: StepStatus, job: JobObservation) -> None:
+    """A suspended Job of a queue: not admitted yet, or evicted; Kueue's Workload says why."""
+    admission = job.admission
+    entry.phase = "Queued"
+    entry.reason = Reason.QUEUED
+    why = "waiting for Kueue's Workload"
+    if admission is not None:
+        if admission.evicted:
+            entry.reason = Reason.EVICTED
+        elif admission.reason == "Inadmissible":  # its LocalQueue or ClusterQueue is missing
+            entry.reason = Reason.QUEUE_INADMISSIBLE
+        why = admission.message or admission.reason or "waiting for admission"
+    if entry.reason == Reason.EVICTED:
+        text = f"attempt {entry.attempts} evicted by Kueue, queued again in LocalQueue"
+    else:
+        text = f"attempt {entry.attempts} queued in LocalQueue"
+    entry.message = bounded(f"{text} {job.queue_name} as Job {job.name}: {why}")
+
+
+def _admitted(entry: StepStatus, job: JobObservation) -> None:
+    entry.phase, entry.reason = "Running", None
+    by = job.admission.cluster_queue if job.admission else None
+    admitted = f", admitted by ClusterQueue {by}" if by else ""
+    entry.message = f"attempt {entry.attempts} running as Job {job.name}{admitted}"
+
+
+def _pod_clock_start(job: JobObservation) -> datetime | None:
+    """Since when a Job should have had its Pod: its creation, or for a queued Job its
+    admission (the Job controller resets startTime when it resumes a suspended Job)."""
+    return job.started_at if job.queue_name else job.created_at
+
+
 def _pod_start_failure(state: RunState, entry: StepStatus, job: JobObservation) -> str | None:
     """Watches a Job that has no Pod yet: says why in the step's message, and gives up
     (returns why) once it had an error for too long."""
-    if job.pods_started or job.created_at is None:
+    since = _pod_clock_start(job)
+    if job.pods_started:
         return None
-    age = state.now - job.created_at
+    if since is None:
+        if job.queue_name:  # just admitted: the Job controller has not resumed it yet
+            state.decision.wake_no_later_than(state.now + POD_START_CHECK)
+        return None
+    age = state.now - since
     if age < POD_START_CHECK:
-        state.decision.wake_no_later_than(job.created_at + POD_START_CHECK)
+        state.decision.wake_no_later_than(since + POD_START_CHECK)
         return None
     if job.pod_create_error is None:
         # Only slow (a busy Job controller or scheduler): look again, less and less often.
@@ -145,7 +194,7 @@ def _pod_start_failure(state: RunState, entry: StepStatus, job: JobObservation) 
     if age >= timeout:
         return f"{problem} (for {age.total_seconds():.0f}s)"
     entry.message = bounded(f"attempt {entry.attempts} waits: {problem}")
-    state.decision.wake_no_later_than(job.created_at + timeout)
+    state.decision.wake_no_later_than(since + timeout)
     return None
 
 

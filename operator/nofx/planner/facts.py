@@ -20,6 +20,17 @@ JobState = Literal["Active", "Succeeded", "Failed", "Missing"]
 
 
 @dataclass(frozen=True)
+class Admission:
+    """What Kueue says of a queued step Job, from its Workload's conditions."""
+
+    admitted: bool
+    reason: str | None = None  # Kueue's reason why not: Pending, Inadmissible, Preempted ...
+    message: str | None = None  # Kueue's own words, e.g. "... insufficient unused quota ..."
+    evicted: bool = False  # it had been admitted, and Kueue took the admission back
+    cluster_queue: str | None = None  # the ClusterQueue that admitted it
+
+
+@dataclass(frozen=True)
 class JobObservation:
     """What the operator knows about one step attempt's Job (and, once finished, its Pod)."""
 
@@ -35,6 +46,11 @@ class JobObservation:
     created_at: datetime | None = None
     pods_started: bool = False  # the Job controller created a Pod (it may have ended since)
     pod_create_error: str | None = None  # why it could not, from its FailedCreate Events
+    # Kueue: the LocalQueue the Job names, whether it is suspended (not admitted, or evicted),
+    # and what its Workload says (None: no Workload seen yet).
+    queue_name: str | None = None
+    suspended: bool = False
+    admission: Admission | None = None
     # From the Pod's agent container, read once when the Job finished:
     pod_read: bool = False  # its terminated state was found: outputs below are what it wrote
     termination_message: str | None = None
@@ -54,6 +70,7 @@ class JobRequest:
     item: Any
     timeout_seconds: int | None
     job_name: str
+    queue_name: str | None = None  # Kueue's LocalQueue: the Job is created suspended, labelled
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class Limits:
     max_depth: int = 5  # how deep child Runs nest; a root Run is at depth 0
     max_runs: int = 500  # child Runs under one root Run, at every depth
     pod_create_timeout: timedelta = timedelta(seconds=60)  # a Job that cannot create its Pod
+    kueue: bool = False  # Kueue admits step Jobs of Runs that name a queue (nofx operator --kueue)
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,8 @@ class World:
     tree_size: int = 0  # child Runs that exist under this Run's root
     # The account of the Run's namespace (nofx.api.accounts), read until the Run's is pinned.
     namespace_account: str | None = None
+    # The namespace's default Kueue LocalQueue (its label nofx.dev/queue-name), read until pinned.
+    namespace_queue: str | None = None
 
 
 @dataclass(frozen=True)
