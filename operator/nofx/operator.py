@@ -19,7 +19,7 @@ from nofx.mirror.keys import KeyRing
 from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
 from nofx.planner.facts import Limits
-from nofx.reconcilers import agents, context, runs, schedules, templates  # noqa: F401 - handlers
+from nofx.reconcilers import agents, context, runs, schedules, templates, workloads  # noqa: F401 - handlers
 from nofx.reconcilers.run_reconciler import RunReconciler
 from nofx.reconcilers.schedules import ScheduleReconciler
 
@@ -52,6 +52,7 @@ class Options:
     max_child_run_depth: int = 5
     max_child_runs: int = 500
     pod_create_timeout: float = 60.0
+    kueue: bool = False  # step Jobs of Runs that name a queue are Kueue workloads
 
 
 OPTIONS = Options()
@@ -99,6 +100,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         OPTIONS.max_child_run_depth,
         OPTIONS.max_child_runs,
         timedelta(seconds=OPTIONS.pod_create_timeout),
+        kueue=OPTIONS.kueue,
     )
     mirror = None
     if OPTIONS.database_url:
@@ -106,7 +108,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         store = Store(OPTIONS.database_url, OPTIONS.region, keys=OPTIONS.audit_keys)
         mirror = MirrorWriter(store, client)
         mirror.start()
-    indexes = {name: kwargs[name] for name in INDEXES}
+    names = [*INDEXES, *(workloads.INDEXES if OPTIONS.kueue else ())]
+    indexes = {name: kwargs[name] for name in names}
     reconciler = RunReconciler(client, limits, mirror, indexes)
     reconciler.start(workers=OPTIONS.workers)
     scheduler = ScheduleReconciler(client, indexes)
@@ -119,6 +122,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
             "namespaces": list(OPTIONS.namespaces) or "all",
             "region": OPTIONS.region,
             "mirror": bool(OPTIONS.database_url),
+            "kueue": OPTIONS.kueue,
             # Key ids only: the keys themselves never reach a log.
             "audit_keys": OPTIONS.audit_keys.ids if OPTIONS.audit_keys else None,
             "audit_signing_key": OPTIONS.audit_keys.current.id if OPTIONS.audit_keys else None,
@@ -150,6 +154,8 @@ def runs_held(**_: Any) -> int:
 def run(options: Options) -> None:
     global OPTIONS
     OPTIONS = options
+    if options.kueue:
+        workloads.register()
     kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="k8s")
     # Kopf logs every handled event at INFO; the reconcilers log what actually changed.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)

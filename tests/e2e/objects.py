@@ -69,9 +69,14 @@ def resource_flavor(name: str = FLAVOR) -> dict[str, Any]:
 
 
 def cluster_queue(
-    name: str, quotas: dict[str, str], cohort: str | None = None, **spec: Any
+    name: str,
+    quotas: dict[str, str],
+    cohort: str | None = None,
+    borrowing: dict[str, str] | None = None,
+    **spec: Any,
 ) -> dict[str, Any]:
-    """A ClusterQueue of every namespace with one flavor and these nominal quotas."""
+    """A ClusterQueue of every namespace with one flavor, these nominal quotas and, in a
+    cohort, these borrowing limits."""
     body: dict[str, Any] = {
         "namespaceSelector": {},
         "resourceGroups": [
@@ -82,6 +87,11 @@ def cluster_queue(
                         "name": FLAVOR,
                         "resources": [
                             {"name": resource, "nominalQuota": quota}
+                            | (
+                                {"borrowingLimit": borrowing[resource]}
+                                if resource in (borrowing or {})
+                                else {}
+                            )
                             for resource, quota in quotas.items()
                         ],
                     }

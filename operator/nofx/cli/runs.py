@@ -57,6 +57,13 @@ def add(commands: Any) -> None:
         help="seconds a step's Job may fail to create its Pod (e.g. a missing ServiceAccount) "
         "before the attempt fails",
     )
+    operator.add_argument(
+        "--kueue",
+        action="store_true",
+        help="step Jobs of Runs that name a Kueue LocalQueue (spec.queueName, the Template's, "
+        "or the namespace's label nofx.dev/queue-name) are created suspended for Kueue to "
+        "admit; needs Kueue installed and RBAC to read its Workloads",
+    )
     database_options(operator)
     key_options(operator, "sign audit rows and checkpoints with the current key")
     operator.set_defaults(handler=_operator)
@@ -97,6 +104,7 @@ def _operator(args: argparse.Namespace) -> int:
             max_child_run_depth=args.max_child_run_depth,
             max_child_runs=args.max_child_runs,
             pod_create_timeout=args.pod_create_timeout,
+            kueue=args.kueue,
         )
     )
     return 0

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from nofx import metrics
-from nofx.api import accounts
+from nofx.api import accounts, queues
 from nofx.api.reasons import Reason
 from nofx.api.run import TERMINAL_RUN_PHASES, RunSpec, RunStatus
 from nofx.api_errors import Conflict
@@ -163,10 +163,12 @@ class RunReconciler:
         jobs = observe.complete_jobs(self.kube, run, observed.jobs, now)
         children = observe.complete_children(self.kube, namespace, old_status, observed.child_runs)
         tree = self.indexes["child_runs_by_root"].get((namespace, run.root_uid), ())
-        namespace_account = None
-        if old_status.account is None and old_status.phase not in TERMINAL_RUN_PHASES:
+        namespace_account = namespace_queue = None
+        unpinned = old_status.account is None or old_status.pinned is None
+        if unpinned and old_status.phase not in TERMINAL_RUN_PHASES:
             labels = self.kube.namespace_labels(namespace)
             namespace_account = accounts.namespace_account(namespace, labels)
+            namespace_queue = queues.namespace_queue(labels)
         with self.slots.lock:
             pinned = old_status.pinned is not None
             agents = observe.pinned_agents(old_status) if pinned else observed.agents
@@ -188,6 +190,7 @@ class RunReconciler:
                 limits=self.limits,
                 tree_size=len(tree),
                 namespace_account=namespace_account,
+                namespace_queue=namespace_queue,
             )
             decision = decide(run, world)
             for request in decision.create_jobs:
