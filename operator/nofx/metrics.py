@@ -28,6 +28,11 @@ NEXT_JOB_SECONDS = Histogram(
     "From an upstream step's Job finishing to the creation of the next step's Job.",
     buckets=LATENCY_BUCKETS,
 )
+STEP_QUEUE_SECONDS = Histogram(
+    "nofx_step_queue_seconds",
+    "From the creation of a queued step's Job to Kueue's (first) admission of it.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+)
 RECONCILE_ERRORS = Counter(
     "nofx_reconcile_errors_total",
     "Run reconciles that raised: transient (an outage, retried while it lasts) or not (a fault "

@@ -4,6 +4,7 @@ and the Queued phase of steps and Runs while Kueue has not admitted them."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from nofx.builders.job_status import observe_job
 from nofx.builders.workload_status import observe_workload, workload_job
 from nofx.changes import transitions
 from nofx.planner.facts import Admission, ChildRunRequest, Limits
-from tests.unit.builders import Sim, by_ref, condition, entry, inline, step, template, view
+from tests.unit.builders import T0, Sim, by_ref, condition, entry, inline, step, template, view
 from tests.unit.test_jobs import RUN, request
 
 KUEUE = Limits(kueue=True)
@@ -57,6 +58,23 @@ def test_job_without_a_queue_is_neither_suspended_nor_labelled_for_kueue() -> No
     assert (observed.queue_name, observed.suspended) == (None, False)
 
 
+def test_the_queue_wait_is_from_the_jobs_creation_to_its_first_admission() -> None:
+    sim = queued_sim(queueName="gold")
+    sim.decide()
+    created = sim.now
+    sim.set_world(
+        jobs={name: replace(job, created_at=created) for name, job in sim.world.jobs.items()}
+    )
+    sim.tick(42)
+    sim.queue("a", ADMITTED)
+    assert sim.decide().queue_waits == [42.0]
+    sim.queue("a", replace(MISSING, evicted=True))
+    assert sim.decide().queue_waits == []
+    sim.tick(5)
+    sim.queue("a", ADMITTED)
+    assert sim.decide().queue_waits == []  # readmitted after an eviction: not a first wait
+
+
 # --- the Workload ----------------------------------------------------------------------------
 
 
@@ -81,13 +99,31 @@ def test_workload_names_its_job_and_says_why_it_waits() -> None:
     assert observe_workload(body) == Admission(admitted=False, reason="Pending", message="no room")
 
 
-def test_workload_admitted_names_its_cluster_queue() -> None:
+def test_workload_admitted_names_its_cluster_queue_and_when() -> None:
+    at = "2030-01-01T12:00:42Z"
     body = workload(
         {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved"},
-        {"type": "Admitted", "status": "True", "reason": "Admitted"},
+        {"type": "Admitted", "status": "True", "reason": "Admitted", "lastTransitionTime": at},
         cluster_queue="acme",
     )
-    assert observe_workload(body) == ADMITTED
+    assert observe_workload(body) == replace(ADMITTED, admitted_at=T0 + timedelta(seconds=42))
+
+
+@pytest.mark.parametrize(
+    ("suspended", "admission", "queued"),
+    [
+        (True, None, True),  # no Workload yet: the suspension says it waits
+        (False, None, False),
+        (True, ADMITTED, False),  # admitted: the Job controller resumes it in a moment
+        (False, PENDING, True),  # Kueue took the admission back; the Pod is being stopped
+    ],
+)
+def test_the_workload_decides_whether_a_job_is_queued(
+    suspended: bool, admission: Admission | None, queued: bool
+) -> None:
+    job = observe_job(build_job(RUN, replace(request(), queue_name="gold")))
+    assert replace(job, suspended=suspended, admission=admission).queued is queued
+    assert not replace(job, queue_name=None, suspended=suspended, admission=admission).queued
 
 
 def test_workload_evicted_says_so_with_kueues_reason() -> None:

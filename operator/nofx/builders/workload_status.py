@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nofx.builders.job_status import parse_time
 from nofx.planner.facts import Admission
 
 
@@ -25,7 +26,8 @@ def observe_workload(body: dict[str, Any]) -> Admission:
 
     cluster_queue = (status.get("admission") or {}).get("clusterQueue")
     if true("Admitted"):
-        return Admission(admitted=True, cluster_queue=cluster_queue)
+        since = conditions["Admitted"].get("lastTransitionTime")
+        return Admission(admitted=True, cluster_queue=cluster_queue, admitted_at=parse_time(since))
     why: dict[str, Any] = {}
     if true("Evicted"):
         why = conditions["Evicted"]

@@ -99,12 +99,11 @@ def advance_attempt(
     if observation is None:
         return
     attempt = entry.attempts or 0
-    if observation.state == "Active" and observation.queue_name:
-        if observation.suspended:
-            _queued(entry, observation)
-            return
-        if entry.phase == "Queued":
-            _admitted(entry, observation)
+    if observation.queued:
+        _queued(entry, observation)
+        return
+    if entry.phase == "Queued":  # admitted since the last look (and maybe finished already)
+        _admitted(state, entry, observation)
     if observation.state == "Active":
         failure = _pod_start_failure(state, entry, observation)
         if failure is None:
@@ -158,7 +157,12 @@ def _queued(entry: StepStatus, job: JobObservation) -> None:
     entry.message = bounded(f"{text} {job.queue_name} as Job {job.name}: {why}")
 
 
-def _admitted(entry: StepStatus, job: JobObservation) -> None:
+def _admitted(state: RunState, entry: StepStatus, job: JobObservation) -> None:
+    first = entry.reason != Reason.EVICTED
+    admitted_at = (job.admission.admitted_at if job.admission else None) or job.started_at
+    if first and job.created_at is not None and admitted_at is not None:
+        wait = (admitted_at - job.created_at).total_seconds()
+        state.decision.queue_waits.append(max(0.0, wait))
     entry.phase, entry.reason = "Running", None
     by = job.admission.cluster_queue if job.admission else None
     admitted = f", admitted by ClusterQueue {by}" if by else ""

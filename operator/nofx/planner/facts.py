@@ -28,6 +28,7 @@ class Admission:
     message: str | None = None  # Kueue's own words, e.g. "... insufficient unused quota ..."
     evicted: bool = False  # it had been admitted, and Kueue took the admission back
     cluster_queue: str | None = None  # the ClusterQueue that admitted it
+    admitted_at: datetime | None = None  # when (the Admitted condition's transition)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,17 @@ class JobObservation:
     queue_name: str | None = None
     suspended: bool = False
     admission: Admission | None = None
+
+    @property
+    def queued(self) -> bool:
+        """Waits for Kueue: its Workload says it is not admitted (or was evicted, while its
+        Pod stops); before there is a Workload, its suspension says so."""
+        if self.state != "Active" or not self.queue_name:
+            return False
+        if self.admission is None:
+            return self.suspended
+        return not self.admission.admitted
+
     # From the Pod's agent container, read once when the Job finished:
     pod_read: bool = False  # its terminated state was found: outputs below are what it wrote
     termination_message: str | None = None
@@ -145,6 +157,8 @@ class Decision:
     create_child_runs: list[ChildRunRequest] = field(default_factory=list)
     cancel_child_runs: list[str] = field(default_factory=list)
     finished_attempts: list[AttemptFinished] = field(default_factory=list)
+    # Seconds from a queued Job's creation to Kueue's first admission of it, per admitted Job.
+    queue_waits: list[float] = field(default_factory=list)
     # (kind, name) the Run waits for: "Template", "Agent" (to exist) or "AgentSlot".
     waiting_for: set[tuple[str, str]] = field(default_factory=set)
     wake_at: datetime | None = None

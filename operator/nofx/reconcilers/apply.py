@@ -147,6 +147,8 @@ def apply(
             )
     for attempt in decision.finished_attempts:
         metrics.STEP_ATTEMPTS.labels(outcome=attempt.outcome).inc()
+    for wait in decision.queue_waits:
+        metrics.STEP_QUEUE_SECONDS.observe(wait)
     metrics.set_run_phase(key, decision.status.phase)
     return decision
 

@@ -129,7 +129,7 @@ def _waits_for_pod(job: JobObservation, now: datetime) -> bool:
     """A Job without a Pod for longer than it normally takes to get one."""
     return (
         not job.pods_started
-        and not job.suspended  # queued: Kueue's Workload says why, not the Job controller
+        and not job.queued  # Kueue's Workload says why, not the Job controller
         and job.created_at is not None
         and now - job.created_at >= POD_START_CHECK
     )
