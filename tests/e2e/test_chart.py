@@ -346,6 +346,38 @@ def rendered_objects(*values: str) -> dict[tuple[str, str], dict[str, Any]]:
     return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(documents) if d}
 
 
+@pytest.mark.parametrize("scope", ["cluster", "namespaces"])
+def test_kueue_enabled_adds_the_flag_and_reading_workloads_only(scope: str) -> None:
+    values = ["--set", f"rbac.scope={scope}", "--set", "rbac.namespaces={team-a}"]
+
+    def kueue_rules(objects: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            rule
+            for (kind, _), document in objects.items()
+            if kind in ("ClusterRole", "Role")
+            for rule in document["rules"]
+            if "kueue.x-k8s.io" in rule["apiGroups"]
+        ]
+
+    def args(objects: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+        return list(
+            objects[("Deployment", RELEASE)]["spec"]["template"]["spec"]["containers"][0]["args"]
+        )
+
+    off = rendered_objects(*values)
+    assert not kueue_rules(off)
+    assert "--kueue" not in args(off)
+    on = rendered_objects(*values, "--set", "kueue.enabled=true")
+    assert kueue_rules(on) == [
+        {
+            "apiGroups": ["kueue.x-k8s.io"],
+            "resources": ["workloads"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    assert "--kueue" in args(on)
+
+
 def test_the_console_is_off_by_default_and_on_a_deployment_of_its_own() -> None:
     assert not [key for key in rendered_objects() if "console" in key[1]]
     objects = rendered_objects(*CONSOLE_VALUES)

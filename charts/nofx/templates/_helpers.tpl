@@ -85,6 +85,12 @@ capabilities:
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.kueue.enabled }}
+# Why a step is Queued: Kueue's Workload of its Job says (admitted, or insufficient quota ...).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
 {{- end -}}
 
 {{/* Whether the cluster serves MutatingAdmissionPolicy v1 (Kubernetes 1.36 and later). */}}
