@@ -4,17 +4,25 @@ webhooks called by the API server, admitting suspended Jobs within a ClusterQueu
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
+import psycopg
 import pytest
 from kubernetes import client, config, watch
+from urllib3.exceptions import ProtocolError
 
 from nofx_dev.controlplane import ControlPlane
+from nofx_dev.postgres import PostgresServer
 
-from ..conftest import Kubectl
+from ..conftest import Kubectl, new_postgres
 from .conftest import OperatorProcess, wait_for_phase
 from .objects import agent, apply, cluster_queue, local_queue, resource_flavor, run, step
 
@@ -124,17 +132,31 @@ def test_kueue_admits_suspended_jobs_within_quota(kueue_plane: ControlPlane) -> 
 
 # --- Runs whose step Jobs Kueue admits ---------------------------------------------------------
 
+REGION = "kueue-test"
 NOMINAL, BORROW = 3, 1  # concurrent steps per account, and what it may borrow from the cohort
 RUNS_PER_ACCOUNT = 20
 
 
 @pytest.fixture(scope="module")
+def mirror_db() -> Iterator[PostgresServer]:
+    server = new_postgres()
+    server.start()
+    try:
+        nofx_cli("db", "migrate", "--database-url", server.dsn)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.directory.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def kueue_operator(
-    kueue_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    kueue_plane: ControlPlane, mirror_db: PostgresServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     process = OperatorProcess(
-        kueue_plane, tmp_path_factory.mktemp("kueue-operator"), "--standalone", "--kueue"
-    )
+        kueue_plane, tmp_path_factory.mktemp("kueue-operator"), "--standalone", "--kueue",
+        "--database-url", mirror_db.dsn, "--region", REGION,
+    )  # fmt: skip
     process.start()
     try:
         yield process
@@ -143,8 +165,25 @@ def kueue_operator(
         print(f"\noperator log: {process.log_path}")
 
 
-def account_namespace(kubectl: Kubectl, name: str, queue: str | None = None) -> None:
-    """A namespace of one account with the echo Agent; `queue` is its default LocalQueue."""
+def nofx_cli(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "nofx.cli", *args], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def sql(server: PostgresServer, query: str, *params: object) -> list[tuple[Any, ...]]:
+    """Waits for nothing: callers wait until the mirror has what they look for."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def account_namespace(
+    kubectl: Kubectl, name: str, queue: str | None = None, seconds: int = 1
+) -> None:
+    """A namespace of one account with the echo Agent, whose steps take `seconds`; `queue` is
+    its default LocalQueue."""
     labels = {"nofx.dev/account": name, "pod-security.kubernetes.io/enforce": "restricted"}
     if queue:
         labels["nofx.dev/queue-name"] = queue
@@ -154,7 +193,7 @@ def account_namespace(kubectl: Kubectl, name: str, queue: str | None = None) -> 
         "metadata": {"name": name, "labels": labels},
     }
     kubectl("apply", "-f", "-", input=json.dumps(namespace))
-    apply(kubectl, name, agent("echo", {"kwok.nofx.dev/duration": "1s"}))
+    apply(kubectl, name, agent("echo", {"kwok.nofx.dev/duration": f"{seconds}s"}))
 
 
 class PodWatch:
@@ -167,29 +206,37 @@ class PodWatch:
         self.live: dict[str, set[str]] = {n: set() for n in namespaces}
         self.most: dict[str, int] = dict.fromkeys(namespaces, 0)
         self.most_together = 0
-        self.started: dict[str, list[float]] = {n: [] for n in namespaces}
+        self.started: dict[str, dict[str, float]] = {n: {} for n in namespaces}  # Pod → when
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
-        stream = watch.Watch()
-        for event in stream.stream(
-            self.api.list_pod_for_all_namespaces, label_selector="nofx.dev/run", timeout_seconds=300
-        ):
-            pod = event["object"]
-            namespace, name = pod.metadata.namespace, pod.metadata.name
-            if namespace in self.live:
-                done = event["type"] == "DELETED" or pod.status.phase in ("Succeeded", "Failed")
-                if done:
-                    self.live[namespace].discard(name)
-                elif name not in self.live[namespace]:
-                    self.live[namespace].add(name)
-                    self.started[namespace].append(time.monotonic())
-                self.most[namespace] = max(self.most[namespace], len(self.live[namespace]))
-                together = sum(len(pods) for pods in self.live.values())
-                self.most_together = max(self.most_together, together)
-            if self.stop.is_set():
-                stream.stop()
+        # A watch the API server ends is started again: its first events list every Pod anew,
+        # which changes nothing here (Pods are known by name).
+        while not self.stop.is_set():
+            stream = watch.Watch()
+            try:
+                for event in stream.stream(
+                    self.api.list_pod_for_all_namespaces, label_selector="nofx.dev/run"
+                ):
+                    self._seen(event["type"], event["object"])
+                    if self.stop.is_set():
+                        stream.stop()
+            except ProtocolError:
+                continue
+
+    def _seen(self, kind: str, pod: Any) -> None:
+        namespace, name = pod.metadata.namespace, pod.metadata.name
+        if namespace not in self.live:
+            return
+        self.started[namespace].setdefault(name, time.monotonic())
+        if kind == "DELETED" or pod.status.phase in ("Succeeded", "Failed"):
+            self.live[namespace].discard(name)
+            return
+        self.live[namespace].add(name)
+        self.most[namespace] = max(self.most[namespace], len(self.live[namespace]))
+        together = sum(len(pods) for pods in self.live.values())
+        self.most_together = max(self.most_together, together)
 
     def __enter__(self) -> PodWatch:
         self.thread.start()
@@ -200,7 +247,7 @@ class PodWatch:
 
 
 def test_two_accounts_share_a_cohort_within_their_quotas(
-    kueue_plane: ControlPlane, kueue_operator: OperatorProcess
+    kueue_plane: ControlPlane, kueue_operator: OperatorProcess, mirror_db: PostgresServer
 ) -> None:
     kubectl = Kubectl(kueue_plane.kubeconfig)
     accounts = ["acct-a", "acct-b"]
@@ -248,10 +295,35 @@ def test_two_accounts_share_a_cohort_within_their_quotas(
     # Fair sharing: neither account waited for the other to finish.
     first_done = min(finished.values())
     for name in accounts:
-        assert sorted(pods.started[name])[RUNS_PER_ACCOUNT // 2] < first_done
-    body = kubectl.json("get", "runs", "-n", "acct-a")["items"][0]
-    assert body["status"]["queueName"] == "steps"
-    assert body["status"]["steps"][0]["attempts"] == 1
+        assert sorted(pods.started[name].values())[RUNS_PER_ACCOUNT // 2] < first_done
+    waits = re.search(r"^nofx_step_queue_seconds_count (\S+)$", kueue_operator.metrics(), re.M)
+    assert waits is not None and float(waits.group(1)) >= 2 * RUNS_PER_ACCOUNT
+    bodies = kubectl.json("get", "runs", "-n", "acct-a")["items"]
+    assert {b["status"]["queueName"] for b in bodies} == {"steps"}
+    assert {b["status"]["steps"][0]["attempts"] for b in bodies} == {1}
+
+    # Billing charges run time only: each 1 s step is billed about 1 s, however long it queued.
+    def usage() -> list[float]:
+        rows = sql(
+            mirror_db,
+            "SELECT wall_seconds FROM usage_records WHERE namespace = ANY(%s)",
+            accounts,
+        )
+        return [float(row[0]) for row in rows] if len(rows) == 2 * RUNS_PER_ACCOUNT else []
+
+    billed = wait_for(usage, 30, "the mirror's usage records of every step")
+    longest = max(
+        seconds_between(b["metadata"]["creationTimestamp"], b["status"]["finishedAt"])
+        for b in bodies
+    )
+    assert max(billed) < 2.5 < longest, (billed, longest)
+
+
+def seconds_between(start: str, end: str) -> float:
+    def parse(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    return (parse(end) - parse(start)).total_seconds()
 
 
 def any_queued_for_quota(kubectl: Kubectl, namespaces: list[str]) -> str | None:
@@ -263,18 +335,18 @@ def any_queued_for_quota(kubectl: Kubectl, namespaces: list[str]) -> str | None:
     return None
 
 
+def all_succeeded(kubectl: Kubectl, namespace: str) -> bool:
+    phases = [
+        (b.get("status") or {}).get("phase")
+        for b in kubectl.json("get", "runs", "-n", namespace)["items"]
+    ]
+    assert "Failed" not in phases, phases
+    return phases.count("Succeeded") == len(phases)
+
+
 def wait_all_succeeded(kubectl: Kubectl, namespace: str, timeout: float) -> float:
     """Waits until every Run of the namespace succeeded; returns when (time.monotonic)."""
-
-    def done() -> bool:
-        phases = [
-            (b.get("status") or {}).get("phase")
-            for b in kubectl.json("get", "runs", "-n", namespace)["items"]
-        ]
-        assert "Failed" not in phases, phases
-        return phases.count("Succeeded") == len(phases)
-
-    wait_for(done, timeout, f"every Run of {namespace} to succeed")
+    wait_for(lambda: all_succeeded(kubectl, namespace), timeout, f"every Run of {namespace}")
     return time.monotonic()
 
 
@@ -315,3 +387,93 @@ def test_a_run_naming_a_missing_queue_says_so_and_starts_once_it_exists(
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(local_queue("later", "late")))
     done = wait_for_phase(kubectl, namespace, "waits", {"Succeeded", "Failed"}, timeout=60)
     assert done["status"]["phase"] == "Succeeded"
+
+
+def test_reclaimed_quota_evicts_borrowed_steps_which_queue_and_run_again(
+    kueue_plane: ControlPlane, kueue_operator: OperatorProcess, mirror_db: PostgresServer
+) -> None:
+    """The borrower runs 4 steps on a quota of 2 (2 borrowed from the idle lender); the lender's
+    own work reclaims its quota: Kueue evicts 2 of the borrower's Jobs. Their steps go back to
+    Queued (reason Evicted), their Pods start again when readmitted (same Job, same attempt),
+    and every Run succeeds. The audit trail records the eviction and the readmission."""
+    kubectl = Kubectl(kueue_plane.kubeconfig)
+    pods_quota = {"cpu": "100", "memory": "100Gi", "pods": "2"}
+    queues = [
+        cluster_queue("borrower", pods_quota, cohort="reclaim", borrowing={"pods": "2"}),
+        cluster_queue(
+            "lender", pods_quota, cohort="reclaim", preemption={"reclaimWithinCohort": "Any"}
+        ),
+    ]
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {"apiVersion": "v1", "kind": "List", "items": [resource_flavor(), *queues]}
+        ),
+    )
+    account_namespace(kubectl, "acct-borrower", queue="steps", seconds=8)
+    account_namespace(kubectl, "acct-lender", queue="steps", seconds=1)
+    for name in ("borrower", "lender"):
+        namespace = f"acct-{name}"
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(local_queue("steps", name)))
+    kubectl(
+        "wait",
+        "--for=condition=Active",
+        "--timeout=30s",
+        "clusterqueue/borrower",
+        "clusterqueue/lender",
+    )
+
+    with PodWatch(kueue_plane, ["acct-borrower", "acct-lender"]) as pods:
+        time.sleep(0.5)
+        apply(kubectl, "acct-borrower", *[run(f"b{i}", steps=[step("work")]) for i in range(4)])
+        wait_for(lambda: len(pods.live["acct-borrower"]) == 4, 30, "4 borrower steps running")
+        apply(kubectl, "acct-lender", *[run(f"l{i}", steps=[step("work")]) for i in range(2)])
+        shown: dict[str, str] = {}  # the evicted steps' messages, as status showed them
+
+        def borrower_done() -> bool:
+            shown.update(evicted_steps(kubectl, "acct-borrower"))
+            return all_succeeded(kubectl, "acct-borrower")
+
+        wait_all_succeeded(kubectl, "acct-lender", 60)
+        wait_for(borrower_done, 90, "every borrower Run to succeed")
+
+    assert shown and all("evicted by Kueue" in message for message in shown.values()), shown
+    assert pods.most["acct-borrower"] == 4
+    for body in kubectl.json("get", "runs", "-n", "acct-borrower")["items"]:
+        assert body["status"]["steps"][0]["attempts"] == 1  # an eviction is not a new attempt
+
+    def audited() -> list[tuple[Any, ...]]:
+        return sql(
+            mirror_db,
+            "SELECT name, from_phase, to_phase FROM audit_events"
+            " WHERE namespace = 'acct-borrower' AND step = 'work' ORDER BY name, seq",
+        )
+
+    def evictions() -> set[str]:
+        """Runs whose step the trail shows evicted (Running → Queued) and then readmitted."""
+        rows, found = audited(), set()
+        for index, (name, old, new) in enumerate(rows):
+            later = rows[index + 1 :]
+            if (old, new) == ("Running", "Queued") and any(
+                r[0] == name and r[1] == "Queued" and r[2] in ("Running", "Succeeded")
+                for r in later
+            ):
+                found.add(name)
+        return found
+
+    audited_evictions = wait_for(
+        lambda: evictions() >= set(shown) and evictions(), 30, "the audit trail"
+    )
+    # Each evicted step's Pod started again; nothing else ran twice.
+    assert len(pods.started["acct-borrower"]) == 4 + len(audited_evictions), audited()
+
+
+def evicted_steps(kubectl: Kubectl, namespace: str) -> dict[str, str]:
+    found = {}
+    for body in kubectl.json("get", "runs", "-n", namespace)["items"]:
+        for entry in (body.get("status") or {}).get("steps") or []:
+            if entry.get("reason") == "Evicted":
+                found[body["metadata"]["name"]] = entry.get("message", "")
+    return found
