@@ -23,7 +23,7 @@ from nofx_dev.controlplane import ControlPlane
 from nofx_dev.postgres import PostgresServer
 
 from ..conftest import Kubectl, new_postgres
-from .conftest import OperatorProcess, wait_for_phase
+from .conftest import REPO, OperatorProcess, wait_for_phase
 from .objects import agent, apply, cluster_queue, local_queue, resource_flavor, run, step
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -60,6 +60,12 @@ def queued_job(name: str, queue: str, seconds: int) -> dict[str, Any]:
     }
 
 
+def apply_cluster(kubectl: Kubectl, *objects: dict[str, Any]) -> None:
+    """Applies cluster-scoped objects (or objects that name their namespace)."""
+    document = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+    kubectl("apply", "-f", "-", input=document)
+
+
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -87,10 +93,7 @@ def test_kueue_admits_suspended_jobs_within_quota(kueue_plane: ControlPlane) -> 
     kubectl = Kubectl(kueue_plane.kubeconfig)
     namespace = "kueue-smoke"
     kubectl("create", "namespace", namespace)
-    objects = [resource_flavor(), cluster_queue("one-cpu", {"cpu": "1"})]
-    kubectl(
-        "apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1", "items": objects})
-    )
+    apply_cluster(kubectl, resource_flavor(), cluster_queue("one-cpu", {"cpu": "1"}))
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(local_queue("steps", "one-cpu")))
     kubectl("wait", "--for=condition=Active", "--timeout=30s", "clusterqueue/one-cpu")
 
@@ -262,14 +265,7 @@ def test_two_accounts_share_a_cohort_within_their_quotas(
         )
         for name in accounts
     ]
-    kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {"apiVersion": "v1", "kind": "List", "items": [resource_flavor(), *queues]}
-        ),
-    )
+    apply_cluster(kubectl, resource_flavor(), *queues)
     for name in accounts:
         account_namespace(kubectl, name, queue="steps")
         kubectl("apply", "-n", name, "-f", "-", input=json.dumps(local_queue("steps", name)))
@@ -356,22 +352,15 @@ def test_a_run_naming_a_missing_queue_says_so_and_starts_once_it_exists(
     kubectl = Kubectl(kueue_plane.kubeconfig)
     namespace = "acct-late"
     account_namespace(kubectl, namespace)
-    kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "List",
-                "items": [
-                    resource_flavor(),
-                    cluster_queue("late", {"cpu": "10", "memory": "10Gi", "pods": "5"}),
-                ],
-            }
-        ),
+    apply_cluster(
+        kubectl,
+        resource_flavor(),
+        cluster_queue("late", {"cpu": "10", "memory": "10Gi", "pods": "5"}),
     )
-    apply(kubectl, namespace, run("waits", queueName="later", steps=[step("work")]))
+    # The step may run 4 s; it queues longer than that, which must not count (the Job's
+    # activeDeadlineSeconds restarts when Kubernetes resumes it).
+    apply(kubectl, namespace, run("waits", queueName="later", steps=[step("work", timeout="4s")]))
+    applied = time.monotonic()
 
     def inadmissible() -> dict[str, Any]:
         status = kubectl.json("get", "run", "waits", "-n", namespace).get("status") or {}
@@ -384,6 +373,7 @@ def test_a_run_naming_a_missing_queue_says_so_and_starts_once_it_exists(
     assert body["status"]["phase"] == "Queued"
     assert body["status"]["steps"][0]["phase"] == "Queued"
 
+    time.sleep(max(0.0, applied + 6 - time.monotonic()))
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(local_queue("later", "late")))
     done = wait_for_phase(kubectl, namespace, "waits", {"Succeeded", "Failed"}, timeout=60)
     assert done["status"]["phase"] == "Succeeded"
@@ -404,14 +394,7 @@ def test_reclaimed_quota_evicts_borrowed_steps_which_queue_and_run_again(
             "lender", pods_quota, cohort="reclaim", preemption={"reclaimWithinCohort": "Any"}
         ),
     ]
-    kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {"apiVersion": "v1", "kind": "List", "items": [resource_flavor(), *queues]}
-        ),
-    )
+    apply_cluster(kubectl, resource_flavor(), *queues)
     account_namespace(kubectl, "acct-borrower", queue="steps", seconds=8)
     account_namespace(kubectl, "acct-lender", queue="steps", seconds=1)
     for name in ("borrower", "lender"):
@@ -477,3 +460,28 @@ def evicted_steps(kubectl: Kubectl, namespace: str) -> dict[str, str]:
             if entry.get("reason") == "Evicted":
                 found[body["metadata"]["name"]] = entry.get("message", "")
     return found
+
+
+def test_the_kueue_samples_admit_runs_through_their_namespaces_default_queue(
+    kueue_plane: ControlPlane, kueue_operator: OperatorProcess
+) -> None:
+    kubectl = Kubectl(kueue_plane.kubeconfig)
+    kubectl("apply", "-k", str(REPO / "manifests" / "samples" / "kueue"))
+    kubectl(
+        "wait",
+        "--for=condition=Active",
+        "--timeout=30s",
+        "clusterqueue/acme",
+        "clusterqueue/globex",
+    )
+    for namespace in ("acme-prod", "globex"):
+        apply(kubectl, namespace, agent("echo"), run("hello", steps=[step("work")]))
+    for namespace in ("acme-prod", "globex"):
+        done = wait_for_phase(kubectl, namespace, "hello", {"Succeeded", "Failed"}, timeout=60)
+        assert done["status"]["phase"] == "Succeeded"
+        assert done["status"]["queueName"] == "steps"  # the namespace's nofx.dev/queue-name
+        [job] = kubectl.json("get", "jobs", "-n", namespace)["items"]
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "steps"
+        workload = workload_of(kubectl, namespace, job)
+        assert workload is not None
+        assert workload["status"]["admission"]["clusterQueue"] == namespace.removesuffix("-prod")
