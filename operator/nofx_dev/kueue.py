@@ -134,7 +134,10 @@ def _configuration(health_port: int, webhook_port: int, certs: Path) -> dict[str
         # Present means on: ClusterQueues of a cohort share by weight, and may preempt to
         # get back to their fair share.
         "fairSharing": {"preemptionStrategies": ["LessThanOrEqualToFinalShare"]},
-        "clientConnection": {"qps": 100, "burst": 200},
+        # As Kueue's own deployment has them (the default is one worker per kind), and a
+        # client that is not the bottleneck of a benchmark, as for the controller-manager.
+        "controller": {"groupKindConcurrency": {"Job.batch": 5, "Workload.kueue.x-k8s.io": 5}},
+        "clientConnection": {"qps": 300, "burst": 600},
     }
 
 
