@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Builds the pinned control-plane binaries on first use (minutes), then answers from the cache.
 TOOLS_BIN = $$(bash tools/build.sh)
 
-.PHONY: help venv tools dev-up dev-down dev-env test unit e2e smoke-oldest chaos demo bench lint crds check-crds clean
+.PHONY: help venv tools dev-up dev-down dev-env test unit e2e smoke-oldest chaos demo bench bench-kueue lint crds check-crds clean
 
 help:
 	@echo "make demo      run the local control plane and show it working"
@@ -17,6 +17,7 @@ help:
 	@echo "make dev-down  stop them"
 	@echo "make chaos     the crash test at twice its scale (300 Runs, 40 operator kills)"
 	@echo "make bench     latency and throughput figures (bench/summary.md)"
+	@echo "make bench-kueue  apply → step Pod Running with and without Kueue (bench/kueue.md)"
 	@echo "make lint      ruff and mypy"
 	@echo "make crds      regenerate crds/ from the API types, copy policies/ into the chart"
 
@@ -69,6 +70,10 @@ demo: venv
 bench: venv
 	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) bench/run.py
+
+# What Kueue's admission adds to a step's start, at 5 Runs/s: bench/kueue.json, bench/kueue.md.
+bench-kueue: venv
+	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) bench/kueue.py
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests bench
