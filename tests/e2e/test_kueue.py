@@ -98,7 +98,8 @@ def test_kueue_admits_suspended_jobs_within_quota(kueue_plane: ControlPlane) -> 
     kubectl("wait", "--for=condition=Active", "--timeout=30s", "clusterqueue/one-cpu")
 
     created = {}
-    for name, seconds in (("first", 3), ("second", 0)):
+    # The first runs until it is deleted: the second waits as long as the test looks.
+    for name, seconds in (("first", 600), ("second", 0)):
         out = kubectl(
             "create",
             "-n",
@@ -126,7 +127,7 @@ def test_kueue_admits_suspended_jobs_within_quota(kueue_plane: ControlPlane) -> 
     assert "insufficient unused quota for cpu" in waiting["message"]
     assert job("second")["spec"]["suspend"] is True
 
-    wait_for(lambda: job("first")["status"].get("succeeded") == 1, 30, "the first Job done")
+    kubectl("delete", "job", "first", "-n", namespace, "--wait=false")  # its cpu is free again
     wait_for(lambda: job("second")["status"].get("succeeded") == 1, 30, "the second Job done")
     admitted = workload_of(kubectl, namespace, created["second"])
     assert condition(admitted, "Admitted")["status"] == "True"
