@@ -24,7 +24,16 @@ from nofx_dev.postgres import PostgresServer
 
 from ..conftest import Kubectl, new_postgres
 from .conftest import REPO, OperatorProcess, wait_for_phase
-from .objects import agent, apply, cluster_queue, local_queue, resource_flavor, run, step
+from .objects import (
+    agent,
+    apply,
+    cluster_queue,
+    local_queue,
+    resource_flavor,
+    run,
+    step,
+    template,
+)
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
@@ -378,6 +387,36 @@ def test_a_run_naming_a_missing_queue_says_so_and_starts_once_it_exists(
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(local_queue("later", "late")))
     done = wait_for_phase(kubectl, namespace, "waits", {"Succeeded", "Failed"}, timeout=60)
     assert done["status"]["phase"] == "Succeeded"
+
+
+def test_a_child_run_is_queued_where_its_parent_is(
+    kueue_plane: ControlPlane, kueue_operator: OperatorProcess
+) -> None:
+    """The namespace names no queue and the child's Template none: the child Run names its
+    parent's, and its step Job is admitted from there."""
+    kubectl = Kubectl(kueue_plane.kubeconfig)
+    namespace = "acct-tree"
+    account_namespace(kubectl, namespace)
+    apply_cluster(kubectl, resource_flavor(), cluster_queue("tree", {"pods": "5"}))
+    delegate = {"name": "delegate", "childRun": {"templateRef": {"name": "leaf"}}}
+    apply(
+        kubectl,
+        namespace,
+        local_queue("parents", "tree"),
+        template("leaf", [step("work")]),
+        run("parent", queueName="parents", steps=[delegate]),
+    )
+    done = wait_for_phase(kubectl, namespace, "parent", {"Succeeded", "Failed"}, timeout=60)
+    assert done["status"]["phase"] == "Succeeded"
+    [child] = [
+        r
+        for r in kubectl.json("get", "runs", "-n", namespace)["items"]
+        if r["metadata"]["name"] != "parent"
+    ]
+    assert child["spec"]["queueName"] == "parents"
+    assert child["status"]["queueName"] == "parents"
+    [job] = kubectl.json("get", "jobs", "-n", namespace)["items"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "parents"
 
 
 def test_reclaimed_quota_evicts_borrowed_steps_which_queue_and_run_again(

@@ -9,15 +9,14 @@ from typing import Any
 
 import pytest
 
-from nofx.api import RunStatus
 from nofx.api.reasons import Reason
 from nofx.builders.child_run import build_child_run
 from nofx.builders.job import build_job
 from nofx.builders.job_status import observe_job
 from nofx.builders.workload_status import observe_workload, workload_job
 from nofx.changes import transitions
-from nofx.planner.facts import Admission, ChildRunRequest, Limits
-from tests.unit.builders import T0, Sim, by_ref, condition, entry, inline, step, template, view
+from nofx.planner.facts import Admission, Limits
+from tests.unit.builders import T0, Sim, by_ref, condition, entry, inline, step, template
 from tests.unit.test_jobs import RUN, request
 
 KUEUE = Limits(kueue=True)
@@ -181,12 +180,14 @@ def test_a_named_queue_without_kueue_keeps_the_run_pending_and_says_where_it_cam
     assert "--kueue" in message
 
 
-def test_a_child_run_names_its_parents_queue() -> None:
-    parent = view(inline(step("a")), RunStatus(queue_name="gold"))
-    request = ChildRunRequest("demo-sub-1", "sub", None, "child-tpl", {})
-    assert build_child_run(parent, "acme", request)["spec"]["queueName"] == "gold"
-    unqueued = view(inline(step("a")))
-    assert "queueName" not in build_child_run(unqueued, "acme", request)["spec"]
+def test_a_child_run_names_its_parents_queue_from_the_parents_first_pass() -> None:
+    delegate = {"name": "sub", "childRun": {"templateRef": {"name": "leaf"}}}
+    sim = queued_sim(delegate, queueName="gold")
+    [request] = sim.decide().create_child_runs  # the pass that pins the queue starts the child
+    assert request.queue_name == "gold"
+    assert build_child_run(sim.view, "acme", request)["spec"]["queueName"] == "gold"
+    unqueued = replace(request, queue_name=None)
+    assert "queueName" not in build_child_run(sim.view, "acme", unqueued)["spec"]
 
 
 # --- Queued, admitted, evicted -----------------------------------------------------------------

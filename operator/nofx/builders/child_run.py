@@ -26,8 +26,8 @@ def build_child_run(parent: RunView, account: str, request: ChildRunRequest) -> 
         "parameters": request.parameters,
         "account": account,
     }
-    if parent.status.queue_name:
-        spec["queueName"] = parent.status.queue_name
+    if request.queue_name:
+        spec["queueName"] = request.queue_name
     return {
         "apiVersion": API_VERSION,
         "kind": "Run",

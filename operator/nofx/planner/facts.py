@@ -147,6 +147,7 @@ class ChildRunRequest:
     index: int | None
     template: str
     parameters: dict[str, Any]
+    queue_name: str | None = None  # the parent's Kueue LocalQueue: the child is queued there
 
 
 @dataclass
