@@ -87,7 +87,7 @@ class OperatorProcess:
                 "nofx.cli",
                 "operator",
                 "--kubeconfig",
-                str(self.control_plane.kubeconfig),
+                str(self.kubeconfig),
                 "--metrics-port",
                 str(self.metrics_port),
                 "--health-port",
