@@ -12,15 +12,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from kubernetes import client, config, watch
 from urllib3.exceptions import ProtocolError
 
 from nofx_dev.controlplane import ControlPlane
 from nofx_dev.postgres import PostgresServer
+from nofx_dev.tools import tool_path
 
 from ..conftest import Kubectl, new_postgres
 from .conftest import REPO, OperatorProcess, wait_for_phase
@@ -107,18 +110,11 @@ def test_kueue_admits_suspended_jobs_within_quota(kueue_plane: ControlPlane) -> 
     kubectl("wait", "--for=condition=Active", "--timeout=30s", "clusterqueue/one-cpu")
 
     created = {}
-    # The first runs until it is deleted: the second waits as long as the test looks.
-    for name, seconds in (("first", 600), ("second", 0)):
+    for name in ("one", "two"):  # each runs until it is deleted
         out = kubectl(
-            "create",
-            "-n",
-            namespace,
-            "-o",
-            "json",
-            "-f",
-            "-",
-            input=json.dumps(queued_job(name, "steps", seconds)),
-        )
+            "create", "-n", namespace, "-o", "json", "-f", "-",
+            input=json.dumps(queued_job(name, "steps", 600)),
+        )  # fmt: skip
         created[name] = json.loads(out)
         # The create's response already carries the mutation: the API server called Kueue.
         assert created[name]["spec"]["suspend"] is True
@@ -126,26 +122,34 @@ def test_kueue_admits_suspended_jobs_within_quota(kueue_plane: ControlPlane) -> 
     def job(name: str) -> dict[str, Any]:
         return kubectl.json("get", "job", name, "-n", namespace)
 
-    wait_for(lambda: job("first")["spec"]["suspend"] is False, 30, "the first Job admitted")
+    def admitted_one() -> list[str]:
+        # Created in the same second, they are admitted in either order.
+        return [name for name in created if job(name)["spec"]["suspend"] is False]
+
+    [holder] = wait_for(admitted_one, 30, "one Job admitted")
+    [waiter] = [name for name in created if name != holder]
     waiting = wait_for(
-        lambda: condition(workload_of(kubectl, namespace, created["second"]), "QuotaReserved"),
+        lambda: condition(workload_of(kubectl, namespace, created[waiter]), "QuotaReserved"),
         30,
-        "the second Job's Workload to say why it waits",
+        "the other Job's Workload to say why it waits",
     )
     assert waiting["status"] == "False"
     assert "insufficient unused quota for cpu" in waiting["message"]
-    assert job("second")["spec"]["suspend"] is True
+    assert job(waiter)["spec"]["suspend"] is True
+    assert admitted_one() == [holder]
 
-    kubectl("delete", "job", "first", "-n", namespace, "--wait=false")  # its cpu is free again
-    wait_for(lambda: job("second")["status"].get("succeeded") == 1, 30, "the second Job done")
-    admitted = workload_of(kubectl, namespace, created["second"])
+    kubectl("delete", "job", holder, "-n", namespace, "--wait=false")  # its cpu is free again
+    wait_for(lambda: job(waiter)["spec"]["suspend"] is False, 30, "the other Job admitted")
+    admitted = workload_of(kubectl, namespace, created[waiter])
     assert condition(admitted, "Admitted")["status"] == "True"
     assert admitted["status"]["admission"]["clusterQueue"] == "one-cpu"
+    wait_for(lambda: job(waiter)["status"].get("active") == 1, 30, "its Pod")
 
 
 # --- Runs whose step Jobs Kueue admits ---------------------------------------------------------
 
 REGION = "kueue-test"
+OPERATOR_USER = "nofx-operator"
 NOMINAL, BORROW = 3, 1  # concurrent steps per account, and what it may borrow from the cohort
 RUNS_PER_ACCOUNT = 20
 
@@ -166,16 +170,42 @@ def mirror_db() -> Iterator[PostgresServer]:
 def kueue_operator(
     kueue_plane: ControlPlane, mirror_db: PostgresServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
+    """The operator with --kueue, as a user with exactly the chart's RBAC (kueue.enabled)."""
     process = OperatorProcess(
         kueue_plane, tmp_path_factory.mktemp("kueue-operator"), "--standalone", "--kueue",
         "--database-url", mirror_db.dsn, "--region", REGION,
+        kubeconfig=operator_with_chart_rbac(kueue_plane),
     )  # fmt: skip
     process.start()
     try:
         yield process
+        assert (
+            "ForbiddenException" not in process.log_path.read_text()
+        )  # the chart's RBAC is enough
     finally:
         process.stop()
         print(f"\noperator log: {process.log_path}")
+
+
+def operator_with_chart_rbac(plane: ControlPlane) -> Path:
+    rendered = subprocess.run(
+        [str(tool_path("helm")), "template", "nofx", str(REPO / "charts" / "nofx"),
+         "--kube-version", "1.37.2", "--set", "region=test", "--set", "kueue.enabled=true",
+         "--show-only", "templates/rbac.yaml"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    [role] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ClusterRole"]
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": OPERATOR_USER},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": role["metadata"]["name"]},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                      "name": OPERATOR_USER}],
+    }  # fmt: skip
+    apply_cluster(Kubectl(plane.kubeconfig), role, binding)
+    return plane.kubeconfig_for(OPERATOR_USER)
 
 
 def nofx_cli(*args: str) -> str:
