@@ -287,3 +287,4 @@ def test_queued_for_each_items_count_against_max_parallel() -> None:
         "Queued",
         "Pending",
     ]
+    assert sim.status.phase == "Queued"  # the forEach step's own entry runs nothing itself

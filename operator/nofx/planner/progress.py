@@ -161,7 +161,7 @@ def _running_phase(state: RunState) -> None:
     if awaiting and not running and not queued:
         phase, reason = "WaitingApproval", "WaitingApproval"
         message = f"waiting for approval of step {', '.join(awaiting)}"
-    elif queued and not any(e.phase == "Running" for e in state.entries.values()):
+    elif queued and not any(_runs_work(e) for e in state.entries.values()):
         # Nothing runs: every started step waits for Kueue. Inadmissible (a queue that does
         # not exist) wins the reason, as it needs a person; Kueue's words are in the message.
         reasons = {e.reason for e in queued}
@@ -178,6 +178,12 @@ def _running_phase(state: RunState) -> None:
 
 
 _QUEUE_REASONS = (Reason.QUEUE_INADMISSIBLE, Reason.EVICTED, Reason.QUEUED)
+
+
+def _runs_work(entry: StepStatus) -> bool:
+    """A Job or child Run of it runs (a forEach step's own entry is Running while its items
+    are, whatever they do)."""
+    return entry.phase == "Running" and bool(entry.job_name or entry.child_run_name)
 
 
 def _awaits_approval(entry: StepStatus) -> bool:
