@@ -259,6 +259,20 @@ def test_eviction_queues_the_same_attempt_again_and_is_a_transition() -> None:
     )
 
 
+def test_a_job_kueue_makes_no_workload_for_says_so_after_a_while() -> None:
+    sim = queued_sim(queueName="gold")
+    sim.decide()
+    sim.set_world(jobs={n: replace(j, created_at=sim.now) for n, j in sim.world.jobs.items()})
+    sim.tick(1)
+    assert sim.decide().wake_at == T0 + timedelta(seconds=30)
+    assert "waiting for Kueue's Workload" in (entry(sim.status, "a").message or "")
+    sim.tick(30)
+    sim.decide()
+    a = entry(sim.status, "a")
+    assert (a.phase, a.reason) == ("Queued", Reason.QUEUED)  # Kueue may come: not a failure
+    assert "Kueue made no Workload for it in 30s: is Kueue running" in (a.message or "")
+
+
 def test_a_long_queue_is_no_pod_start_failure() -> None:
     sim = queued_sim(queueName="gold")
     sim.decide()

@@ -23,6 +23,8 @@ from nofx.planner.state import RunState
 # attempt.
 POD_START_CHECK = timedelta(seconds=5)
 MINUTE = timedelta(minutes=1)
+# Kueue makes a Workload for a queued Job within a second; none after this long is news.
+NO_WORKLOAD = timedelta(seconds=30)
 
 
 def start_attempt(
@@ -100,7 +102,7 @@ def advance_attempt(
         return
     attempt = entry.attempts or 0
     if observation.queued:
-        _queued(entry, observation)
+        _queued(state, entry, observation)
         return
     if entry.phase == "Queued":  # admitted since the last look (and maybe finished already)
         _admitted(state, entry, observation)
@@ -138,12 +140,21 @@ def advance_attempt(
     state.end(entry, "Failed", f"{failure}{tries}", reason)
 
 
-def _queued(entry: StepStatus, job: JobObservation) -> None:
-    """A suspended Job of a queue: not admitted yet, or evicted; Kueue's Workload says why."""
+def _queued(state: RunState, entry: StepStatus, job: JobObservation) -> None:
+    """A suspended Job of a queue: not admitted yet, or evicted; Kueue's Workload says why.
+    Without a Workload for long, Kueue is not there (or does not manage Jobs): say so."""
     admission = job.admission
     entry.phase = "Queued"
     entry.reason = Reason.QUEUED
     why = "waiting for Kueue's Workload"
+    if admission is None and job.created_at is not None:
+        if state.now - job.created_at >= NO_WORKLOAD:
+            why = (
+                f"Kueue made no Workload for it in {NO_WORKLOAD.total_seconds():.0f}s: is Kueue "
+                "running, and does it manage batch/job?"
+            )
+        else:
+            state.decision.wake_no_later_than(job.created_at + NO_WORKLOAD)
     if admission is not None:
         if admission.evicted:
             entry.reason = Reason.EVICTED
