@@ -37,6 +37,7 @@ from .objects import (
     step,
     template,
 )
+from .test_true_answers import wait_until
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
@@ -78,16 +79,6 @@ def apply_cluster(kubectl: Kubectl, *objects: dict[str, Any]) -> None:
     kubectl("apply", "-f", "-", input=document)
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def workload_of(kubectl: Kubectl, namespace: str, job: dict[str, Any]) -> dict[str, Any] | None:
     uid = job["metadata"]["uid"]
     items = kubectl.json("get", "workloads", "-n", namespace, "-l", f"kueue.x-k8s.io/job-uid={uid}")
@@ -126,9 +117,9 @@ def test_kueue_admits_suspended_jobs_within_quota(kueue_plane: ControlPlane) -> 
         # Created in the same second, they are admitted in either order.
         return [name for name in created if job(name)["spec"]["suspend"] is False]
 
-    [holder] = wait_for(admitted_one, 30, "one Job admitted")
+    [holder] = wait_until(admitted_one, 30, "one Job admitted")
     [waiter] = [name for name in created if name != holder]
-    waiting = wait_for(
+    waiting = wait_until(
         lambda: condition(workload_of(kubectl, namespace, created[waiter]), "QuotaReserved"),
         30,
         "the other Job's Workload to say why it waits",
@@ -139,11 +130,11 @@ def test_kueue_admits_suspended_jobs_within_quota(kueue_plane: ControlPlane) -> 
     assert admitted_one() == [holder]
 
     kubectl("delete", "job", holder, "-n", namespace, "--wait=false")  # its cpu is free again
-    wait_for(lambda: job(waiter)["spec"]["suspend"] is False, 30, "the other Job admitted")
+    wait_until(lambda: job(waiter)["spec"]["suspend"] is False, 30, "the other Job admitted")
     admitted = workload_of(kubectl, namespace, created[waiter])
     assert condition(admitted, "Admitted")["status"] == "True"
     assert admitted["status"]["admission"]["clusterQueue"] == "one-cpu"
-    wait_for(lambda: job(waiter)["status"].get("active") == 1, 30, "its Pod")
+    wait_until(lambda: job(waiter)["status"].get("active") == 1, 30, "its Pod")
 
 
 # --- Runs whose step Jobs Kueue admits ---------------------------------------------------------
@@ -318,7 +309,9 @@ def test_two_accounts_share_a_cohort_within_their_quotas(
         for name in accounts:
             runs = [run(f"r{i}", steps=[step("work")]) for i in range(RUNS_PER_ACCOUNT)]
             apply(kubectl, name, *runs)
-        queued_seen = wait_for(lambda: any_queued_for_quota(kubectl, accounts), 30, "a Run Queued")
+        queued_seen = wait_until(
+            lambda: any_queued_for_quota(kubectl, accounts), 30, "a Run Queued"
+        )
         finished = {name: wait_all_succeeded(kubectl, name, 120) for name in accounts}
 
     print(f"\nmost unfinished step Pods: {pods.most}, of both together: {pods.most_together}")
@@ -347,7 +340,7 @@ def test_two_accounts_share_a_cohort_within_their_quotas(
         )
         return [float(row[0]) for row in rows] if len(rows) == 2 * RUNS_PER_ACCOUNT else []
 
-    billed = wait_for(usage, 30, "the mirror's usage records of every step")
+    billed = wait_until(usage, 30, "the mirror's usage records of every step")
     longest = max(
         seconds_between(b["metadata"]["creationTimestamp"], b["status"]["finishedAt"])
         for b in bodies
@@ -382,7 +375,7 @@ def all_succeeded(kubectl: Kubectl, namespace: str) -> bool:
 
 def wait_all_succeeded(kubectl: Kubectl, namespace: str, timeout: float) -> float:
     """Waits until every Run of the namespace succeeded; returns when (time.monotonic)."""
-    wait_for(lambda: all_succeeded(kubectl, namespace), timeout, f"every Run of {namespace}")
+    wait_until(lambda: all_succeeded(kubectl, namespace), timeout, f"every Run of {namespace}")
     return time.monotonic()
 
 
@@ -407,7 +400,7 @@ def test_a_run_naming_a_missing_queue_says_so_and_starts_once_it_exists(
         found = condition(status and {"status": status}, "Succeeded")
         return found if found.get("reason") == "QueueInadmissible" else {}
 
-    shown = wait_for(inadmissible, 30, "the Run to say its queue is missing")
+    shown = wait_until(inadmissible, 30, "the Run to say its queue is missing")
     assert "LocalQueue later doesn't exist" in shown["message"]
     body = kubectl.json("get", "run", "waits", "-n", namespace)
     assert body["status"]["phase"] == "Queued"
@@ -481,7 +474,7 @@ def test_reclaimed_quota_evicts_borrowed_steps_which_queue_and_run_again(
     with PodWatch(kueue_plane, ["acct-borrower", "acct-lender"]) as pods:
         time.sleep(0.5)
         apply(kubectl, "acct-borrower", *[run(f"b{i}", steps=[step("work")]) for i in range(4)])
-        wait_for(lambda: len(pods.live["acct-borrower"]) == 4, 30, "4 borrower steps running")
+        wait_until(lambda: len(pods.live["acct-borrower"]) == 4, 30, "4 borrower steps running")
         apply(kubectl, "acct-lender", *[run(f"l{i}", steps=[step("work")]) for i in range(2)])
         shown: dict[str, str] = {}  # the evicted steps' messages, as status showed them
 
@@ -490,7 +483,7 @@ def test_reclaimed_quota_evicts_borrowed_steps_which_queue_and_run_again(
             return all_succeeded(kubectl, "acct-borrower")
 
         wait_all_succeeded(kubectl, "acct-lender", 60)
-        wait_for(borrower_done, 90, "every borrower Run to succeed")
+        wait_until(borrower_done, 90, "every borrower Run to succeed")
 
     assert shown and all("evicted by Kueue" in message for message in shown.values()), shown
     assert pods.most["acct-borrower"] == 4
@@ -516,7 +509,7 @@ def test_reclaimed_quota_evicts_borrowed_steps_which_queue_and_run_again(
                 found.add(name)
         return found
 
-    audited_evictions = wait_for(
+    audited_evictions = wait_until(
         lambda: evictions() >= set(shown) and evictions(), 30, "the audit trail"
     )
     # Each evicted step's Pod started again; nothing else ran twice.
