@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import report
 from kubernetes import client, config, watch
 from prometheus_client.parser import text_string_to_metric_families
 
 from nofx.mirror.store import Store
+from nofx_dev import policies
 from nofx_dev.audit import AuditLog, writes_per_run
 from nofx_dev.controlplane import ControlPlane
 from nofx_dev.postgres import PostgresServer
@@ -145,6 +147,7 @@ class Bench:
         self.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
         # As the chart installs them on 1.36+: new Runs carry the audit finalizer from creation.
         self.kubectl("apply", "-k", str(REPO_ROOT / "policies"))
+        policies.wait_until_enforced(self.plane.kubeconfig)
         with Store(self.postgres.dsn, "bench") as store:
             store.migrate()
         operator_kubeconfig = self.plane.kubeconfig_for(OPERATOR_USER, groups=["system:masters"])
@@ -615,197 +618,6 @@ def _agent_and_templates() -> dict[str, Any]:
     }
 
 
-def summary(results: dict[str, Any]) -> str:
-    machine_, limit = results["machine"], results["limit"]
-    lines = [
-        "# NOFX benchmark",
-        "",
-        *headline(results),
-        "",
-        f"Machine: {machine_['cpu']}, {machine_['cores']} cores, {machine_['memory_gib']} GiB; "
-        f"Python {machine_['python']}; step Pods live {results['step_seconds']} on kwok. "
-        "The operator, the control plane (etcd, kube-apiserver, kube-controller-manager, "
-        "kube-scheduler, kwok), Postgres and this benchmark's client share these cores.",
-        "",
-        "## The limit",
-        "",
-        f"- API writes: our own client creating Jobs and patching their status (16 threads): "
-        f"**{limit['api']['jobs_per_second']} Jobs/s** "
-        f"({limit['api']['api_writes_per_second']} writes/s).",
-        f"- Job lifecycle: our own client creating {limit['lifecycle']['jobs']} Jobs at once, "
-        f"each with a {results['step_seconds']} Pod, no operator: "
-        f"**{limit['lifecycle']['jobs_per_second']} Jobs/s** run to completion.",
-        "",
-        "## Latency and throughput (Runs of three sequential steps)",
-        "",
-        "| Runs/s applied | finished Runs/s | step Jobs/s | apply→first Job p50/p95/p99 ms "
-        "| step done→next Job p50/p95/p99 ms | apply→Succeeded p50/p95 ms "
-        "| operator CPU ms/Run | mirror events/s | mirror lag p95 ms "
-        "| writes/Run operator / system |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    rows = [*results["latency"], results["throughput"]]
-    for row in rows:
-        first, nxt = row["apply_to_first_job_ms"], row["step_finished_to_next_job_ms"]
-        done, writes = row["apply_to_succeeded_ms"], row["writes_per_run"]
-        target = row["runs_per_second_target"]
-        applied = f"{row['runs_per_second_applied']}" + (
-            f" (target {target})" if target else f" (all {row['runs']} at once)"
-        )
-        lines.append(
-            f"| {applied} | {row['runs_per_second_finished']} | {row['step_jobs_per_second']} "
-            f"| {first['p50']}/{first['p95']}/{first['p99']} "
-            f"| {nxt['p50']}/{nxt['p95']}/{nxt['p99']} | {done['p50']}/{done['p95']} "
-            f"| {row['operator_cpu_ms_per_run']} | {row['mirror_events_per_second']} "
-            f"| {row['mirror_lag_ms']['p95']} "
-            f"| {writes['operator_total']} / {writes['system_total']} |"
-        )
-    throughput = results["throughput"]
-    lines += [
-        "",
-        "API requests per Run at the highest rate, by the whole system (operator, Job "
-        "controller, scheduler, kwok): "
-        + ", ".join(f"{k} {v}" for k, v in throughput["api_requests_per_run"].items() if v >= 0.05)
-        + ".",
-        "",
-        "## Scale",
-        "",
-    ]
-    scale = results["scale"]
-    held, base, big = scale["held"], scale["baseline"], scale["at_scale"]
-    lines += [
-        f"{held['runs']} Runs held in the cluster (each waiting for an approval): applied in "
-        f"{held['applied_seconds']} s, all reconciled after {held['settled_seconds']} s "
-        f"({held['operator_cpu_seconds_to_settle']} CPU-seconds of the operator); then, idle, "
-        f"the operator uses {held['operator_cpu_percent_idle']} % of a core and "
-        f"{held['operator_rss_mib']} MiB resident.",
-        "",
-        "| Runs present | reconciles | mean reconcile ms | operator CPU ms/reconcile "
-        "| apply→first Job p50/p95 ms | operator RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for probe in (base, big):
-        first = probe["apply_to_first_job_ms"]
-        lines.append(
-            f"| {probe['runs_present']} | {probe['reconciles']} | {probe['reconcile_ms_mean']} "
-            f"| {probe['operator_cpu_ms_per_reconcile']} | {first['p50']}/{first['p95']} "
-            f"| {probe['operator_rss_mib']} |"
-        )
-    lines += ["", "## Against the targets", "", "| target | figure | met |", "| --- | --- | --- |"]
-    for target, figure, met in targets(results):
-        lines.append(f"| {target} | {figure} | {'yes' if met else 'no'} |")
-    lines += ["", KEYS, ""]
-    return "\n".join(lines)
-
-
-def ratio(part: float, whole: float) -> str:
-    return f"{part / whole:.0%}" if whole else "n/a"
-
-
-def headline(results: dict[str, Any]) -> list[str]:
-    """The summary's first lines: the burst's step Jobs/s against the limits measured in the
-    same run, and what a Run costs in API writes (from the audit log)."""
-    throughput, limit = results["throughput"], results["limit"]
-    jobs = throughput["step_jobs_per_second"]
-    lifecycle, api = limit["lifecycle"]["jobs_per_second"], limit["api"]["jobs_per_second"]
-    writes, failed = throughput["writes_per_run"], throughput["writes_per_run"]["failed"]
-
-    def listed(counts: dict[str, float]) -> str:
-        return ", ".join(f"{k} {v}" for k, v in counts.items() if v >= 0.01) or "none"
-
-    return [
-        f"- **Limit ratio: {jobs} step Jobs/s = {ratio(jobs, lifecycle)} of the Job-lifecycle "
-        f"limit ({lifecycle} Jobs/s), {ratio(jobs, api)} of the API-write limit ({api} Jobs/s)** "
-        f"(all {throughput['runs']} Runs at once; limits measured in this run).",
-        f"- **Writes per three-step Run: operator {writes['operator_total']}, whole system "
-        f"{writes['system_total']}** (all {throughput['runs']} Runs at once, per finished Run, "
-        "successful writes from the API server's audit log; leases not counted).",
-        f"- Operator writes per Run: {listed(writes['operator_by_kind'])}; failed: "
-        f"{listed(failed['operator_by_kind'])}.",
-        f"- By user: {listed(writes['by_user'])}; failed: {listed(failed['by_user'])}.",
-        f"- Whole system by verb and resource: {listed(writes['system_by_kind'])}; failed: "
-        f"{listed(failed['system_by_kind'])}.",
-    ]
-
-
-def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    at20 = next((r for r in results["latency"] if r["runs_per_second_target"] == 20), None)
-    p95 = at20["apply_to_first_job_ms"]["p95"] if at20 else None
-    throughput = results["throughput"]["step_jobs_per_second"]
-    lifecycle = results["limit"]["lifecycle"]["jobs_per_second"]
-    api = results["limit"]["api"]["jobs_per_second"]
-    scale = results["scale"]
-    rss = max(scale["held"]["operator_rss_mib"], scale["at_scale"]["operator_rss_mib"])
-    small = scale["baseline"]["operator_cpu_ms_per_reconcile"]
-    big = scale["at_scale"]["operator_cpu_ms_per_reconcile"]
-    return [
-        ("apply→first Job p95 ≤ 100 ms at 20 Runs/s", f"{p95} ms", p95 is not None and p95 <= 100),
-        (
-            "≥ 80 % of the limit (step Jobs/s)",
-            f"{throughput} Jobs/s = {ratio(throughput, lifecycle)} of the Job-lifecycle limit, "
-            f"{ratio(throughput, api)} of the API-write limit",
-            throughput >= 0.8 * lifecycle,
-        ),
-        ("≤ 400 MB at 10,000 Runs", f"{rss} MiB", rss * 2**20 <= 400e6),
-        (
-            "flat per-event cost",
-            f"{small} → {big} CPU ms per reconcile "
-            f"({scale['baseline']['runs_present']} → {scale['at_scale']['runs_present']} Runs)",
-            big <= 1.25 * small,
-        ),
-    ]
-
-
-KEYS = """Keys of results.json (times in ms as n/p50/p95/p99 unless noted): `machine` (where it
-ran); `step_seconds` (each step Pod's lifetime); `limit.api` (jobs, seconds, jobs_per_second,
-api_writes_per_second: a tight client creating Jobs and patching their status);
-`limit.lifecycle` (jobs, completed, seconds, jobs_per_second: Jobs run to completion with no
-operator); `latency` (one entry per target rate) and `throughput` (all Runs at once), each with
-runs_per_second_target (null for throughput), runs, succeeded, runs_per_second_applied,
-runs_per_second_finished (all Runs, from the first apply to the last finish),
-step_jobs_per_second (sustained: Jobs finished between the 10th and 90th percentile of their
-finish times), wall_seconds, apply_to_first_job_ms, step_finished_to_next_job_ms,
-apply_to_succeeded_ms, reconciles_per_run, operator_cpu_seconds, operator_cpu_ms_per_run,
-operator_rss_mib, api_requests_per_run (every API request of the whole system per Run, by verb
-and resource), writes_per_run (from the API server's audit log: writes to objects in the
-scenario's namespace per finished Run; operator_total, system_total, by_user,
-operator_by_kind and system_by_kind as "verb resource[/subresource]"; `failed` the same for
-responses ≥ 400, keyed with the code; outside_namespace: writes elsewhere meanwhile, not per
-Run; leases are not logged), mirror_events, mirror_events_per_second, mirror_lag_ms
-(p50/p95/p99 from the operator's histogram); `scale.held` (runs, applied_seconds, settled_seconds,
-operator_cpu_seconds_to_settle, operator_cpu_percent_idle, operator_rss_mib: Runs kept waiting
-for approval); `scale.baseline` and `scale.at_scale` (runs_present, reconciles,
-reconcile_ms_mean, operator_cpu_ms_per_reconcile, apply_to_first_job_ms, operator_rss_mib: a
-probe of Runs applied slowly with few and with many Runs present)."""
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = results["latency"]
-    rates = [row["runs_per_second_applied"] for row in rows]
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for key, label in (
-        ("apply_to_first_job_ms", "apply → first Job"),
-        ("step_finished_to_next_job_ms", "step done → next Job"),
-    ):
-        for quantile, style in (("p50", "-o"), ("p95", "--o")):
-            axis.plot(rates, [row[key][quantile] for row in rows], style,
-                      label=f"{label} {quantile}")  # fmt: skip
-    axis.axhline(100, color="grey", linewidth=0.8, linestyle=":", label="target p95")
-    axis.set_xlabel("Runs applied per second")
-    axis.set_ylabel("milliseconds")
-    axis.set_yscale("log")
-    axis.set_title(f"NOFX operator latency ({results['machine']['cores']} cores)")
-    axis.legend(fontsize=8)
-    axis.grid(True, alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rates", default="5,20,50", help="Runs/s to apply, comma separated")
@@ -815,6 +627,12 @@ def main() -> int:
     parser.add_argument("--probe-runs", type=int, default=100)
     parser.add_argument("--limit-jobs", type=int, default=600)
     parser.add_argument("--out", type=Path, default=HERE, help="where the results go")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="an earlier results.json: the summary sets its main figures beside this run's",
+    )
+    parser.add_argument("--label", help="what this run measured (kept in results.json)")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -827,6 +645,8 @@ def main() -> int:
         try:
             bench.start()
             results: dict[str, Any] = {"machine": machine(), "step_seconds": STEP_SECONDS}
+            if args.label:
+                results["label"] = args.label
 
             def step(name: str, value: Any) -> Any:
                 print(f"{name}: {json.dumps(value)}", flush=True)
@@ -851,8 +671,9 @@ def main() -> int:
             bench.stop()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "summary.md").write_text(summary(results))
-    plot(results, args.out / "latency.png")
+    before = json.loads(args.before.read_text()) if args.before else None
+    (args.out / "summary.md").write_text(report.summary(results, before))
+    report.plot(results, args.out / "latency.png")
     print((args.out / "summary.md").read_text())
     return 0
 

@@ -12,6 +12,18 @@ from nofx.api.run import RunStatus, StepStatus
 
 
 @dataclass(frozen=True)
+class TokensUsed:
+    """Tokens of one model that a step attempt reported, and their cost in its currency."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost: Decimal
+    priced: bool = True  # False: its Agent prices no model (then any name may come)
+
+
+@dataclass(frozen=True)
 class AttemptFinished:
     """One finished step attempt, for usage metering."""
 
@@ -28,6 +40,11 @@ class AttemptFinished:
     finished_at: datetime | None = None
     cpu_request: str | None = None
     memory_request: str | None = None
+    tokens: tuple[TokensUsed, ...] = ()  # cost above is the wall time's; these come on top
+
+    @property
+    def token_cost(self) -> Decimal:
+        return sum((used.cost for used in self.tokens), Decimal(0))
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,14 @@ class Kube:
         labels: dict[str, str] = response_json(response)["metadata"].get("labels") or {}
         return labels
 
+    def list_config_maps(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The ConfigMaps of a namespace that match the label selector."""
+        response = self.core.list_namespaced_config_map(
+            namespace, label_selector=label_selector, _preload_content=False
+        )
+        items: list[dict[str, Any]] = response_json(response)["items"]
+        return items
+
     def pod_create_error(self, namespace: str, job_name: str) -> str | None:
         """Why the Job controller could not create the Job's Pod, from its latest FailedCreate
         Event (e.g. a missing ServiceAccount, a quota, an admission policy)."""

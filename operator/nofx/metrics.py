@@ -9,11 +9,26 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from nofx.changes import AttemptFinished
+
 RUN_PHASES = ("Pending", "Queued", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
 STEP_ATTEMPTS = Counter(
     "nofx_step_attempts_total", "Finished step attempts by outcome.", ["outcome"]
+)
+UNPRICED_MODEL = "(unpriced)"  # the model label of tokens an Agent that prices no model meters
+TOKENS = Counter(
+    "nofx_tokens_total",
+    "Tokens that finished step attempts reported (nofx.usage), by namespace, agent, model and "
+    "type (input, output, cached); model is (unpriced) for an Agent that prices no model.",
+    ["namespace", "agent", "model", "type"],
+)
+COST = Counter(
+    "nofx_cost_total",
+    "Metered cost of finished step attempts, by namespace, agent, model and currency; model "
+    "is empty for the wall-time cost. A float for dashboards: the bill is in Postgres.",
+    ["namespace", "agent", "model", "currency"],
 )
 RECONCILE_SECONDS = Histogram(
     "nofx_reconcile_duration_seconds", "Time of one Run reconcile.", buckets=LATENCY_BUCKETS
@@ -39,6 +54,24 @@ RECONCILE_ERRORS = Counter(
     "that fails the Run after a few tries).",
     ["transient"],
 )
+
+
+def count_attempt(namespace: str, attempt: AttemptFinished) -> None:
+    """Counts one finished step attempt: its outcome, its tokens, its cost."""
+    STEP_ATTEMPTS.labels(outcome=attempt.outcome).inc()
+    agent, currency = attempt.agent, attempt.currency
+    COST.labels(namespace, agent, "", currency).inc(float(attempt.cost))
+    for used in attempt.tokens:
+        # A model name comes from the step; only an Agent's priced models bound the label's values.
+        model = used.model if used.priced else UNPRICED_MODEL
+        for kind, count in (
+            ("input", used.input_tokens),
+            ("output", used.output_tokens),
+            ("cached", used.cached_tokens),
+        ):
+            TOKENS.labels(namespace, agent, model, kind).inc(count)
+        COST.labels(namespace, agent, model, currency).inc(float(used.cost))
+
 
 _phases: dict[tuple[str, str], str] = {}
 

@@ -20,6 +20,7 @@ from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
 from nofx.planner.facts import Limits
 from nofx.reconcilers import agents, context, runs, schedules, templates, workloads  # noqa: F401 - handlers
+from nofx.reconcilers.account_budgets import AccountBudgets
 from nofx.reconcilers.run_reconciler import RunReconciler
 from nofx.reconcilers.schedules import ScheduleReconciler
 
@@ -27,8 +28,7 @@ log = logging.getLogger("nofx.operator")
 
 PEERING_NAME = "nofx"
 INDEXES = (
-    "jobs_by_run",
-    "active_jobs_by_agent",
+    "step_jobs",
     "child_runs_by_parent",
     "child_runs_by_root",
     "agents_by_namespace",
@@ -52,6 +52,9 @@ class Options:
     max_child_run_depth: int = 5
     max_child_runs: int = 500
     pod_create_timeout: float = 60.0
+    # Where accounts' monthly budget ConfigMaps live (needs the mirror); none: no such budgets.
+    account_budgets_namespace: str | None = None
+    account_budgets_interval: float = 30.0
     kueue: bool = False  # step Jobs of Runs that name a queue are Kueue workloads
 
 
@@ -102,15 +105,20 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         timedelta(seconds=OPTIONS.pod_create_timeout),
         kueue=OPTIONS.kueue,
     )
-    mirror = None
+    mirror = budgets = None
     if OPTIONS.database_url:
         # Opening the pool does not wait for Postgres: the operator runs while it is down.
         store = Store(OPTIONS.database_url, OPTIONS.region, keys=OPTIONS.audit_keys)
         mirror = MirrorWriter(store, client)
         mirror.start()
+        if OPTIONS.account_budgets_namespace:
+            budgets = AccountBudgets(
+                client, store, OPTIONS.account_budgets_namespace, OPTIONS.account_budgets_interval
+            )
+            budgets.start()
     names = [*INDEXES, *(workloads.INDEXES if OPTIONS.kueue else ())]
     indexes = {name: kwargs[name] for name in names}
-    reconciler = RunReconciler(client, limits, mirror, indexes)
+    reconciler = RunReconciler(client, limits, mirror, indexes, budgets)
     reconciler.start(workers=OPTIONS.workers)
     scheduler = ScheduleReconciler(client, indexes)
     scheduler.start()
@@ -123,6 +131,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
             "region": OPTIONS.region,
             "mirror": bool(OPTIONS.database_url),
             "kueue": OPTIONS.kueue,
+            "account_budgets": OPTIONS.account_budgets_namespace if budgets else None,
             # Key ids only: the keys themselves never reach a log.
             "audit_keys": OPTIONS.audit_keys.ids if OPTIONS.audit_keys else None,
             "audit_signing_key": OPTIONS.audit_keys.current.id if OPTIONS.audit_keys else None,
@@ -135,6 +144,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx = context.of(memo)
     await ctx.runs.stop()
     await ctx.schedules.stop()
+    if ctx.runs.account_budgets is not None:
+        ctx.runs.account_budgets.stop()
     if ctx.mirror is not None:
         ctx.mirror.stop()
 

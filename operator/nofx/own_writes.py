@@ -48,6 +48,11 @@ class OwnWrites:
             return self._bodies.get((plural, namespace, name))
 
     def _keep(self, key: Key, body: dict[str, Any]) -> None:
+        # Without managedFields: nothing here reads them, and the status writer's entry lists
+        # every field of the status (the pinned specs' too), often most of a body's size.
+        metadata = body["metadata"]
+        if "managedFields" in metadata:
+            body = {**body, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
         self._bodies[key] = body
         self._bodies.move_to_end(key)
         while len(self._bodies) > self.KEEP_BODIES:

@@ -2,10 +2,11 @@
 
 It does no work: it prints what the operator gave its step (run, step, attempt, inputs, item)
 and reports the outputs its Agent declares (`--outputs '{"key": "value"}'`) as its container's
-termination message, which is where the operator reads a step's outputs. So the samples run on
-any cluster that can pull the operator's image. On the local control plane kwok plays the
-kubelet and nothing runs; `manifests/samples/local/` copies the same `--outputs` into the
-annotation kwok reports instead, so both places report the same thing.
+termination message, which is where the operator reads a step's outputs (and, under the reserved
+key nofx.usage, the tokens it spent per model, checked here as the operator will read them). So
+the samples run on any cluster that can pull the operator's image. On the local control plane
+kwok plays the kubelet and nothing runs; `manifests/samples/local/` copies the same `--outputs`
+into the annotation kwok reports instead, so both places report the same thing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from nofx.planner.tokens import UsageProblem, take_usage
 
 TERMINATION_LOG = "/dev/termination-log"  # the container's default terminationMessagePath
 MAX_OUTPUT_BYTES = 4096  # what the operator accepts as a step's outputs
@@ -35,6 +38,10 @@ def parse_outputs(text: str) -> dict[str, Any]:
         raise SampleAgentError(f"--outputs is not JSON: {error}") from error
     if not isinstance(outputs, dict):
         raise SampleAgentError("--outputs must be a JSON object")
+    try:
+        take_usage(outputs)  # the tokens it reports, as the operator will read them
+    except UsageProblem as problem:
+        raise SampleAgentError(f"--outputs: {problem.message}") from problem
     encoded = json.dumps(outputs, separators=(",", ":"))
     if len(outputs) > MAX_OUTPUT_KEYS or len(encoded.encode()) > MAX_OUTPUT_BYTES:
         raise SampleAgentError(

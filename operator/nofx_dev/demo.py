@@ -1,7 +1,8 @@
 """`make demo`: the whole product on loopback. The real control plane with the admission
 policies, Postgres, the operator mirroring to it, and the samples; then what the mirror recorded:
-the DAG Run's audit timeline, the chains' verification, the account's usage, a Template's
-history after an edit. `--serve` keeps everything running until Ctrl-C.
+the DAG Run's audit timeline, the chains' verification, the account's usage (per agent, and the
+tokens per model its steps reported), a Template's history after an edit. `--serve` keeps
+everything running until Ctrl-C.
 
 kwok plays the kubelet and runs no container, so the samples are applied with the overlay
 `manifests/samples/local`: each sample Agent gets the Pod annotations that tell kwok how long its
@@ -23,6 +24,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nofx_dev import policies
 from nofx_dev.controlplane import ControlPlane
 from nofx_dev.postgres import PostgresServer
 from nofx_dev.processes import ManagedProcess, free_port, wait_until
@@ -92,7 +94,7 @@ class Demo:
         self.kubectl("label", "namespace", "default", f"nofx.dev/account={ACCOUNT}")
         annotations = [f"{key}={value}" for key, value in AGENT_ACCESS.items()]
         self.kubectl("annotate", "namespace", "default", *annotations)
-        wait_until(self._policies_loaded, 60, "the admission policies")
+        policies.wait_until_enforced(self.plane.kubeconfig)
         health = free_port()
         self.operator = ManagedProcess(
             "nofx-operator",
@@ -115,29 +117,6 @@ class Demo:
         self.operator.start()
         wait_until(lambda: self._healthy(health), 60, "the operator")
         print(f"\noperator running (log: {self.operator.log_path})\n")
-
-    def _policies_loaded(self) -> bool:
-        """The API server enforces them a moment after they are created, and until it knows
-        the new kinds, admission answers 503 for them: loaded once a Run billed to another
-        account is refused by the accounts policy, and an Agent and a Template are admitted."""
-        probes = {
-            "Run": {"account": "another", "steps": [{"name": "a", "agentRef": {"name": "a"}}]},
-            "Agent": {"image": "example.invalid/probe:1"},
-            "Template": {"steps": [{"name": "a", "agentRef": {"name": "a"}}]},
-        }
-        for kind, spec in probes.items():
-            probe = {"apiVersion": "nofx.dev/v1alpha1", "kind": kind,
-                     "metadata": {"name": "probe"}, "spec": spec}  # fmt: skip
-            try:
-                self.kubectl("create", "--dry-run=server", "-f", "-",
-                             stdin=json.dumps(probe), show=False)  # fmt: skip
-            except RuntimeError as error:
-                if kind != "Run" or "is not the account of namespace" not in str(error):
-                    return False
-            else:
-                if kind == "Run":
-                    return False
-        return True
 
     def _healthy(self, port: int) -> bool:
         assert self.operator is not None
@@ -185,7 +164,10 @@ class Demo:
         print("\n# the audit trail in Postgres: who did what, when, hash-chained")
         self.nofx("audit", DEMO_RUN)
         self.nofx("audit", "verify")
-        self.nofx("usage", "--account", ACCOUNT, "--since", datetime.now(UTC).strftime("%Y-%m-%d"))
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        self.nofx("usage", "--account", ACCOUNT, "--since", today)
+        print("\n# the tokens the steps reported (nofx.usage), priced per model by their Agents")
+        self.nofx("usage", "--account", ACCOUNT, "--since", today, "--by", "model")
         print("\n# every version of a Template is kept: edit one and read its history")
         edit = {"spec": {"description": "Backend, frontend and docs in parallel, then one review."}}
         self.kubectl("patch", "template", "dag", "--type", "merge", "-p", json.dumps(edit))

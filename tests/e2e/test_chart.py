@@ -118,7 +118,8 @@ def test_rendered_output_passes_kubeconform_and_server_validation(
 ) -> None:
     values = ["--set", "region=eu-west", "--set", "database.existingSecret=db",
               "--set", f"rbac.scope={scope}",
-              "--set", "audit.keySecret=nofx-audit-keys"]  # fmt: skip
+              "--set", "audit.keySecret=nofx-audit-keys",
+              "--set", "accountBudgets.enabled=true"]  # fmt: skip
     if scope == "namespaces":
         values += ["--set", "rbac.namespaces={team-a,team-b}"]
     values += CONSOLE_VALUES
@@ -383,6 +384,32 @@ def test_kueue_enabled_adds_the_flag_and_reading_workloads_only(scope: str) -> N
         }
     ]
     assert "--kueue" in args(on)
+
+
+def test_account_budgets_are_off_by_default_and_read_from_the_release_namespace() -> None:
+    def args(objects: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+        pod = objects[("Deployment", RELEASE)]["spec"]["template"]["spec"]
+        return [a for a in pod["containers"][0]["args"] if a.startswith("--account-budgets")]
+
+    plain = rendered_objects("--set", "database.existingSecret=db")
+    assert args(plain) == [] and ("Role", f"{RELEASE}-account-budgets") not in plain
+    objects = rendered_objects(
+        "--set", "database.existingSecret=db", "--set", "accountBudgets.enabled=true",
+        "--set", "accountBudgets.interval=10",
+    )  # fmt: skip
+    assert args(objects) == [
+        f"--account-budgets-namespace={NAMESPACE}", "--account-budgets-interval=10",
+    ]  # fmt: skip
+    role = objects[("Role", f"{RELEASE}-account-budgets")]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]
+    binding = objects[("RoleBinding", f"{RELEASE}-account-budgets")]
+    assert binding["subjects"][0]["name"] == RELEASE
+    refused = helm(
+        None, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--kube-version", "1.37.2",
+        "--set", "region=eu-west", "--set", "accountBudgets.enabled=true", check=False,
+    )  # fmt: skip
+    assert "accountBudgets.enabled needs database.existingSecret" in refused.stderr
 
 
 def test_the_console_is_off_by_default_and_on_a_deployment_of_its_own() -> None:

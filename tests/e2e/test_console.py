@@ -247,6 +247,19 @@ def test_the_usage_page_totals_equal_nofx_usage(
         ]
         for r in expected
     ]
+    by_model = json.loads(samples.nofx("usage", "--account", ACCOUNT, "--since", today,
+                                       "--by", "model", "-o", "json").stdout)  # fmt: skip
+    tokens = [
+        row.locator("td").all_text_contents()
+        for row in page.locator("#usage-tokens tbody tr").all()
+    ]
+    assert tokens == [
+        [r["day"], r["agent"], r["model"], str(r["attempts"]), str(r["input_tokens"]),
+         str(r["output_tokens"]), str(r["cached_tokens"]), r["cost"], r["currency"]]
+        for r in by_model
+        if r["model"] is not None
+    ]  # fmt: skip
+    assert any(row[2] == "claude-sonnet-4" for row in tokens), "the samples report tokens"
     expect(
         page.get_by_role("img", name=f"Cost per day and agent, account {ACCOUNT}")
     ).to_be_visible()

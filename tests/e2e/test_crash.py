@@ -21,6 +21,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ProtocolError
 
 from nofx_dev.controlplane import ControlPlane
 from nofx_dev.postgres import PostgresServer
@@ -48,10 +50,23 @@ class Recorder:
         )
         self.watches: list[watch.Watch] = []
         self.stopped = False
+        self.broken: str | None = None  # why a watch could not go on, if it could not
+        batch = client.BatchV1Api(self.api)
+        custom = client.CustomObjectsApi(self.api)
         self.threads = [
-            threading.Thread(target=self._guarded(self._watch_jobs), daemon=True),
-            threading.Thread(target=self._guarded(self._watch_runs), daemon=True),
-        ]
+            threading.Thread(
+                target=self._follow, args=(self._job, batch.list_namespaced_job, namespace),
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._follow,
+                args=(
+                    self._run, custom.list_namespaced_custom_object,
+                    "nofx.dev", "v1alpha1", namespace, "runs",
+                ),
+                daemon=True,
+            ),
+        ]  # fmt: skip
 
     def start(self) -> None:
         for thread in self.threads:
@@ -62,40 +77,33 @@ class Recorder:
         for w in self.watches:
             w.stop()
 
-    def _guarded(self, target):  # type: ignore[no-untyped-def]
-        def run() -> None:
+    def _follow(self, seen, list_fn, *args) -> None:  # type: ignore[no-untyped-def]
+        """Every event, from the start: a watch that breaks (the loaded API server closing
+        it) goes on from the last resourceVersion it delivered, so nothing is missed."""
+        w = watch.Watch()
+        self.watches.append(w)
+        version = None
+        while not self.stopped:
             try:
-                target()
-            except Exception:
-                if not self.stopped:  # the control plane going away at the end is expected
-                    raise
+                for event in w.stream(list_fn, *args, resource_version=version,
+                                      timeout_seconds=600):  # fmt: skip
+                    seen(event["object"])
+                version = w.resource_version
+            except ApiException as error:
+                if not self.stopped:
+                    self.broken = f"watch of {args[-1] if args else 'jobs'}: {error}"
+                return
+            except (ProtocolError, OSError):
+                version = w.resource_version
+                time.sleep(0.5)
 
-        return run
+    def _job(self, job) -> None:  # type: ignore[no-untyped-def]
+        self.job_uids[job.metadata.name].add(job.metadata.uid)
 
-    def _watch_jobs(self) -> None:
-        w = watch.Watch()
-        self.watches.append(w)
-        batch = client.BatchV1Api(self.api)
-        for event in w.stream(batch.list_namespaced_job, self.namespace, timeout_seconds=600):
-            job = event["object"]
-            self.job_uids[job.metadata.name].add(job.metadata.uid)
-
-    def _watch_runs(self) -> None:
-        w = watch.Watch()
-        self.watches.append(w)
-        custom = client.CustomObjectsApi(self.api)
-        for event in w.stream(
-            custom.list_namespaced_custom_object,
-            "nofx.dev",
-            "v1alpha1",
-            self.namespace,
-            "runs",
-            timeout_seconds=600,
-        ):
-            body = event["object"]
-            for entry in (body.get("status") or {}).get("steps") or []:
-                key = (body["metadata"]["name"], entry["name"], entry.get("index"))
-                self.step_history[key].append(_progress(entry))
+    def _run(self, body: dict) -> None:
+        for entry in (body.get("status") or {}).get("steps") or []:
+            key = (body["metadata"]["name"], entry["name"], entry.get("index"))
+            self.step_history[key].append(_progress(entry))
 
 
 def _progress(entry: dict) -> tuple[int, int]:
@@ -129,6 +137,7 @@ def test_sigkilled_operator_and_postgres_outage_lose_nothing_and_run_nothing_twi
         time.sleep(1)  # let the watches deliver the last events
         recorder.stop()
 
+        assert recorder.broken is None, recorder.broken
         assert phases == {f"crash-{i}": "Succeeded" for i in range(RUNS)}
         for body in kubectl.json("get", "runs", "-n", namespace)["items"]:
             n = body["metadata"]["name"].removeprefix("crash-")

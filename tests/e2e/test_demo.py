@@ -4,6 +4,7 @@ that stops everything it started."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,9 @@ def test_the_demo_runs_the_samples_and_shows_what_postgres_recorded() -> None:
     assert "every hash chain verifies" in out
     usage = out.split("$ nofx usage --account team-web")[1].split("$ ")[0]
     assert "coder" in usage, usage
+    by_model = out.split("--by model\n")[1].split("\n\n")[0]
+    assert re.search(r"\bcoder\s+claude-sonnet-4\s", by_model), by_model
+    assert re.search(r"\breviewer\s+gpt-4.1-mini\s", by_model), by_model
     history = out.split("$ nofx template history dag\n")[1].split("\n\n")[0]
     assert len(history.strip().splitlines()) == 3, history  # a header and two versions
     assert "stopped every process it started" in out

@@ -22,7 +22,7 @@ import pytest
 from nofx.mirror import chain
 from nofx.mirror.errors import ChainGapError, Rejected
 from nofx.mirror.keys import KeyRing
-from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
+from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, TokenRecord, UsageRecord
 from nofx.mirror.store import Store
 from nofx_dev.postgres import PostgresServer
 
@@ -30,13 +30,14 @@ from ..conftest import new_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 3, 1, 9, 0, 0, 123456, tzinfo=UTC)
-ALL_MIGRATIONS = ["0001_initial", "0002_step_attempts", "0003_audit_keys"]
+ALL_MIGRATIONS = ["0001_initial", "0002_step_attempts", "0003_audit_keys", "0004_token_usage"]
 MIRRORED = {
     "runs": "region, uid",
     "audit_events": "region, stream, seq",
     "usage_records": "region, run_uid, step, item_key, attempt",
     "spec_versions": "region, kind, namespace, name, version",
     "audit_checkpoints": "region, stream, seq",
+    "token_usage": "region, run_uid, step, item_key, attempt, model",
 }
 
 
@@ -278,35 +279,61 @@ def test_usage_totals_per_agent_and_utc_day(store: Store) -> None:
     store.write([], records[:3], [])  # a rewrite counts nothing twice
 
     totals = store.usage("acme", T0 - timedelta(hours=1))
-    assert totals == [
-        {
-            "day": date(2025, 3, 1),
-            "agent": "coder",
-            "attempts": 3,
-            "wall_seconds": 122.0,
-            "cost": Decimal("0.35"),
-            "currency": "USD",
-        },
-        {
-            "day": date(2025, 3, 1),
-            "agent": "reviewer",
-            "attempts": 1,
-            "wall_seconds": 90.0,
-            "cost": Decimal("1"),
-            "currency": "USD",
-        },
-        {
-            "day": date(2025, 3, 2),
-            "agent": "coder",
-            "attempts": 2,
-            "wall_seconds": 180.0,
-            "cost": Decimal("0.26"),
-            "currency": "USD",
-        },
+    keys = ("day", "agent", "attempts", "wall_seconds", "cost", "currency")
+    assert [tuple(row[key] for key in keys) for row in totals] == [
+        (date(2025, 3, 1), "coder", 3, 122.0, Decimal("0.35"), "USD"),
+        (date(2025, 3, 1), "reviewer", 1, 90.0, Decimal("1"), "USD"),
+        (date(2025, 3, 2), "coder", 2, 180.0, Decimal("0.26"), "USD"),
     ]
+    assert {row["account"] for row in totals} == {"acme"}
+    assert {row["token_cost"] for row in totals} == {Decimal(0)}
+    every = store.usage(None, T0 - timedelta(hours=1))
+    assert [(row["account"], row["agent"]) for row in every if row["day"] == day1.date()] == [
+        ("acme", "coder"), ("acme", "reviewer"), ("other", "coder"),
+    ]  # fmt: skip
     with Store(store.dsn, "us") as us:
         assert us.usage("acme", T0 - timedelta(days=5)) == []
     assert store.usage("acme", T0 + timedelta(days=2)) == []
+
+
+def test_tokens_are_stored_per_model_and_summed_by_account_agent_model_and_day(
+    store: Store, dsn: str
+) -> None:
+    sonnet = TokenRecord("sonnet", 1000, 200, 5000, Decimal("0.0075"))
+    mini = TokenRecord("mini\x00x", 10, 0, 0, Decimal("0.0000015"))  # NUL: stored escaped
+    records = [
+        usage_record(step="plan", cost=Decimal("0.1"), tokens=(sonnet, mini)),
+        usage_record(step="code", cost=Decimal("0.2"), tokens=(sonnet,)),
+        usage_record(step="eu", agent="euro", currency="EUR", tokens=(sonnet,)),
+        usage_record(step="plain", cost=Decimal("0.3")),
+    ]
+    store.write([], records, [])
+    store.write([], records, [])  # a rewrite stores nothing twice
+    assert rows(dsn, "SELECT count(*), sum(input_tokens) FROM token_usage") == [(4, 3010)]
+    assert rows(dsn, "SELECT token_cost FROM usage_records WHERE step = 'plan'") == [
+        (Decimal("0.0075015"),)
+    ]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+        rows(dsn, "UPDATE token_usage SET cost = 0")
+
+    since = T0 - timedelta(hours=1)
+    by_model = store.usage_by_model("acme", since)
+    keys = ("agent", "model", "attempts", "wall_seconds", "input_tokens", "output_tokens",
+            "cached_tokens", "cost", "currency")  # fmt: skip
+    assert [tuple(row[key] for key in keys) for row in by_model] == [
+        ("coder", None, 3, 270.0, 0, 0, 0, Decimal("0.6"), "USD"),  # the wall time
+        ("coder", "mini\x00x", 1, 0.0, 10, 0, 0, Decimal("0.0000015"), "USD"),
+        ("coder", "sonnet", 2, 0.0, 2000, 400, 10000, Decimal("0.0150"), "USD"),
+        ("euro", None, 1, 90.0, 0, 0, 0, Decimal("0.15"), "EUR"),
+        ("euro", "sonnet", 1, 0.0, 1000, 200, 5000, Decimal("0.0075"), "EUR"),
+    ]
+    assert {(row["day"], row["account"]) for row in by_model} == {(date(2025, 3, 1), "acme")}
+    # Per agent, cost is the wall time's and the tokens' together; never across currencies.
+    totals = {(row["agent"], row["currency"]): row for row in store.usage("acme", since)}
+    assert totals["coder", "USD"]["token_cost"] == Decimal("0.0150015")
+    assert totals["coder", "USD"]["cost"] == Decimal("0.6150015")
+    assert totals["euro", "EUR"]["cost"] == Decimal("0.1575")
+    assert store.usage_by_model("other", since) == []
 
 
 def test_spec_versions_deletions_and_re_creation(store: Store) -> None:
@@ -435,7 +462,10 @@ def region_workload(store: Store, prefix: str, minutes: int) -> None:
     uid = f"{prefix}-{minutes}"
     store.write(
         run_events(uid, range(1, 4)),
-        [usage_record(run_uid=uid), usage_record(run_uid=uid, step="test", item_index=0)],
+        [
+            usage_record(run_uid=uid, tokens=(TokenRecord("sonnet", 5, 6, 7, Decimal("0.1")),)),
+            usage_record(run_uid=uid, step="test", item_index=0),
+        ],
         [RunRecord(uid, "team-a", "demo", "ship", "acme", "Running", at, at, None)],
     )
     store.write(

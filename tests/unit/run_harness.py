@@ -59,17 +59,15 @@ class Harness:
         if run is not None and (known is None or known["metadata"] != run["metadata"]):
             self.kube.own_writes.seen("runs", run)
         jobs: dict[Any, list[Any]] = defaultdict(list)
-        active: dict[Any, list[str]] = defaultdict(list)
         for (plural, namespace, name), body in self.kube.objects.items():
             if plural != "jobs":
                 continue
             observation = observe_job(body)
-            jobs[(namespace, owning_run(body))].append(observation)
+            jobs[("run", namespace, owning_run(body))].append(observation)
             if observation.state == "Active":
-                active[(namespace, body["metadata"]["labels"][AGENT_LABEL])].append(name)
+                jobs[("agent", namespace, body["metadata"]["labels"][AGENT_LABEL])].append(name)
         self.reconciler.indexes = {
-            "jobs_by_run": jobs,
-            "active_jobs_by_agent": active,
+            "step_jobs": jobs,
             "child_runs_by_parent": {},
             "child_runs_by_root": {},
             "agents_by_namespace": {NAMESPACE: list(self.agents.items())},

@@ -59,6 +59,17 @@ def run(phase: str | None = None, suspend: bool = False, **status: Any) -> dict[
             ("Progressing", "waiting for Template t"),
         ),
         (
+            run(
+                "Pending",
+                message="account acme spent 500 USD this month",
+                conditions=[
+                    {"type": "Succeeded", "status": "Unknown", "reason": "AccountBudgetExceeded"},
+                    {"type": "Ready", "status": "False", "reason": "AccountBudgetExceeded"},
+                ],
+            ),
+            ("Suspended", "account acme spent 500 USD this month"),
+        ),
+        (
             run("Running", progress="2/5", message="the Run is running"),
             ("Progressing", "2/5 steps: the Run is running"),
         ),
@@ -95,6 +106,7 @@ def run(phase: str | None = None, suspend: bool = False, **status: Any) -> dict[
         "no-status",
         "bare-object",
         "pending",
+        "pending-account-budget",
         "running",
         "running-suspended",
         "queued",

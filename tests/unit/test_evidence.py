@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,14 @@ def test_a_swapped_statement_or_another_key_is_refused(tmp_path: Path) -> None:
     assert "the statement does not verify" in bundle.verify(tmp_path, KEY.public_key())[1][0]
     other = Ed25519PrivateKey.generate().public_key()
     assert "no signature verifies" in bundle.verify(tmp_path, other)[1][0]
+
+
+def test_an_attempts_token_cost_is_in_the_statement_beside_its_wall_time_cost(
+    tmp_path: Path,
+) -> None:
+    metered = [{**USAGE[0], "token_cost": Decimal("0.0075")}]
+    folder = bundle.write(bundle.RunEvidence(RUN, AUDIT, metered, []), KEY, tmp_path)
+    [attempt] = statement(folder)["predicate"]["steps"][0]["attempts"]
+    assert (attempt["cost"], attempt["tokenCost"]) == ("0.01", "0.0075")
+    [plain] = statement(written(tmp_path / "plain"))["predicate"]["steps"][0]["attempts"]
+    assert "tokenCost" not in plain

@@ -192,7 +192,17 @@ def test_applicationset_takes_the_region_from_the_cluster_label() -> None:
 
 
 # PromQL functions, aggregations and keywords the dashboard uses; any other word is a metric.
-PROMQL_WORDS = {"sum", "max", "min", "avg", "rate", "histogram_quantile", "by", "without"}
+PROMQL_WORDS = {
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "rate",
+    "increase",
+    "histogram_quantile",
+    "by",
+    "without",
+}
 
 
 def defined_metrics() -> set[str]:
@@ -240,6 +250,8 @@ def test_dashboard_queries_name_metrics_the_operator_exposes() -> None:
         "nofx_mirror_pending_age_seconds",
         "nofx_mirror_events_total",
         "nofx_mirror_errors_total",
+        "nofx_tokens_total",
+        "nofx_cost_total",
     } <= shown
 
 

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from nofx.api_errors import Conflict
 from nofx.mirror.errors import Rejected
-from nofx.mirror.folding import ACK_AFTER
+from nofx.mirror.folding import ACK_AFTER, LATE_ACKS_PER_SECOND
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.writer import CHECKPOINT_EVERY, MirrorWriter
 from nofx.own_writes import OwnWrites
@@ -33,6 +33,7 @@ class FakeStore:
         self.down = False
         self.refusing = True
         self.registry_checkpoints = 0  # checkpoint_registry() calls that went through
+        self.handed = 0  # events handed to write(), stored before or not
 
     def _check(self, values: Sequence[object]) -> None:
         if self.down:
@@ -43,12 +44,15 @@ class FakeStore:
 
     def write(
         self, events: Sequence[AuditEvent], usage: Sequence[UsageRecord], runs: Sequence[RunRecord]
-    ) -> None:
+    ) -> list[datetime]:
         self.batches.append([run.name for run in runs])
+        self.handed += len(events)
         self._check([*events, *usage])
         self.runs.update({run.name: run for run in runs})
-        for event in events:
-            self.events.setdefault((event.name, event.seq), event)
+        new = [event for event in events if (event.name, event.seq) not in self.events]
+        for event in new:
+            self.events[(event.name, event.seq)] = event
+        return [event.at for event in new]
 
     def record_version(self, version: SpecVersion) -> int | None:
         self._check([version])
@@ -311,6 +315,20 @@ def test_a_running_runs_stored_entries_wait_for_the_reconcilers_write(setup: Set
     assert setup.kube.patches == 0
 
 
+def test_an_older_body_does_not_hand_over_entries_that_already_left_the_outbox(
+    setup: Setup,
+) -> None:
+    """Under load the watch lags behind the reconciler: a body from before its write still
+    lists entries that were stored and dropped since. Only what is new is handed over."""
+    setup.run("busy", entry(1), entry(2), phase="Running")
+    setup.flush()
+    setup.writer.stored.removed(("team", "busy"), "uid-busy", {("event", 1), ("event", 2)})
+    setup.run("busy", entry(1), entry(2), entry(3), phase="Running")  # the older body
+    setup.flush()
+    assert setup.store.stored("busy") == [1, 2, 3]
+    assert setup.store.handed == 3, "events 1 and 2 were handed over once"
+
+
 def test_stored_entries_no_write_came_for_are_acknowledged_after_a_while(setup: Setup) -> None:
     setup.run("slow", entry(1), phase="Running")
     setup.flush()
@@ -319,6 +337,23 @@ def test_stored_entries_no_write_came_for_are_acknowledged_after_a_while(setup: 
     setup.flush(after=ACK_AFTER)
     assert setup.kube.pending("slow") == []
     assert setup.store.stored("slow") == [1], "written once: a stored entry is not written again"
+
+
+def test_late_acknowledgements_are_spread_out_the_longest_waiting_first(setup: Setup) -> None:
+    """Thousands of Runs that wait for approvals come due together: their acknowledgements
+    go out at LATE_ACKS_PER_SECOND, not in one burst."""
+    setup.run("first", entry(1), phase="WaitingApproval")
+    setup.flush(after=1.0)
+    for n in range(24):
+        setup.run(f"r{n}", entry(1), phase="WaitingApproval")
+    setup.flush()
+    setup.flush(after=ACK_AFTER)
+    assert setup.kube.patches == LATE_ACKS_PER_SECOND
+    assert setup.kube.pending("first") == [], "the longest waiting went first"
+    setup.flush(after=0.5)
+    assert setup.kube.patches == LATE_ACKS_PER_SECOND * 1.5
+    setup.flush(after=10.0)
+    assert setup.kube.patches == 25
 
 
 def test_a_late_acknowledgement_that_fails_keeps_the_runs_record_whole(setup: Setup) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from nofx.api.run import RunStatus
-from nofx.changes import AttemptFinished, Transition
+from nofx.changes import AttemptFinished, TokensUsed, Transition
 from nofx.mirror import outbox
+from nofx.mirror.records import TokenRecord
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 BODY = {
@@ -72,6 +74,32 @@ def test_entries_become_store_records() -> None:
     assert (record.account, record.agent, record.cost, record.cpu_request, record.outcome) == (
         "acme", "coder", Decimal("0.025"), "500m", "Succeeded",
     )  # fmt: skip
+
+
+def test_tokens_travel_through_the_outbox_to_the_records_in_decimal() -> None:
+    used = (
+        TokensUsed("sonnet", 1200, 300, 800, Decimal("0.008940")),
+        TokensUsed("mini", 10, 0, 0, Decimal("0.0000015")),
+    )
+    status = RunStatus()
+    outbox.record(status, [], [replace(attempt("a", 1), tokens=used)], NOW, {})
+    # What the status holds is JSON: counts as numbers, money as decimal strings.
+    [entry] = status.audit.pending or []  # type: ignore[union-attr]
+    assert entry["tokens"][1] == {
+        "model": "mini", "input": 10, "output": 0, "cached": 0, "cost": "0.0000015",
+    }  # fmt: skip
+    _, [record] = outbox.to_records(BODY, status.audit.pending or [])  # type: ignore[union-attr]
+    assert record.tokens == (
+        TokenRecord("sonnet", 1200, 300, 800, Decimal("0.008940")),
+        TokenRecord("mini", 10, 0, 0, Decimal("0.0000015")),
+    )
+    assert record.token_cost == Decimal("0.0089415")
+    assert record.cost == Decimal("0.025")  # the wall time's, apart
+    # An attempt without tokens writes no key at all.
+    plain = RunStatus()
+    outbox.record(plain, [], [attempt("b", 1)], NOW, {})
+    assert "tokens" not in (plain.audit.pending or [])[0]  # type: ignore[union-attr]
+    assert outbox.to_records(BODY, plain.audit.pending or [])[1][0].tokens == ()  # type: ignore[union-attr]
 
 
 STAMPED = {"annotations": {"nofx.dev/created-by": "alice", "nofx.dev/changed-by": "bob"}}

@@ -34,6 +34,18 @@ def test_writes_of_others_are_not_echoes() -> None:
     assert not own.is_echo("templates", "team", "r1", "10")
 
 
+def test_bodies_are_kept_without_managed_fields() -> None:
+    own = OwnWrites()
+    body = stored("r1", "10")
+    body["metadata"]["managedFields"] = [{"manager": "nofx", "fieldsV1": {"f:status": {}}}]
+    body["status"] = {"phase": "Running"}
+    own.seen("runs", body)
+    kept = own.latest("runs", "team", "r1")
+    assert kept is not None and "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["resourceVersion"] == "10" and kept["status"] == body["status"]
+    assert "managedFields" in body["metadata"], "the caller's body is left as it was"
+
+
 def test_forget_drops_what_a_deleted_object_left() -> None:
     own = OwnWrites()
     own.add("runs", stored("r1", "10"))

@@ -5,7 +5,7 @@ a Pod is gone or cannot be created, and when reconciling itself keeps failing.""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -14,6 +14,8 @@ from urllib3.exceptions import MaxRetryError, ProtocolError
 
 from nofx.api.reasons import Reason
 from nofx.api_errors import Conflict, Rejected
+from nofx.mirror.store import Store
+from nofx.mirror.writer import MirrorWriter
 from nofx.reconcilers.errors import is_transient
 from nofx.reconcilers.run_reconciler import MAX_CONFLICT_RETRIES
 from tests.unit.builders import condition
@@ -286,3 +288,23 @@ def test_a_three_step_run_costs_a_status_write_per_step_a_job_each_and_one_event
     assert sorted(writes) == sorted(["patch_status"] * 4 + ["create_job"] * 3)
     assert [(kind, reason) for kind, reason, _ in events] == [("Normal", "RunSucceeded")]
     assert h.kube.called("get") == [], "a pass a Job triggered had the body of our last write"
+
+
+def test_stored_audit_entries_ride_along_with_a_status_write_but_never_cause_one() -> None:
+    """Dropping what the mirror stored is no reason to write: a pass that changes nothing
+    else leaves them; the next pass that writes anyway drops them with its own news."""
+    h = Harness(step("a"), step("b"))
+    h.reconciler.mirror = MirrorWriter(cast(Store, None), h.kube)  # type: ignore[arg-type]
+    h.reconcile()
+    first = [entry["seq"] for entry in h.body["status"]["audit"]["pending"]]
+    key = (NAMESPACE, h.body["metadata"]["name"])
+    assert h.reconciler.mirror.stored.written(key, h.body) is None  # stored, left to us
+    writes = len(h.kube.called("patch_status"))
+    h.reconcile()
+    assert len(h.kube.called("patch_status")) == writes, "nothing changed: no write"
+    assert [entry["seq"] for entry in h.body["status"]["audit"]["pending"]] == first
+    h.finish_job(h.job_name("a", 1))
+    h.reconcile()
+    pending = h.body["status"]["audit"]["pending"]
+    assert len(h.kube.called("patch_status")) == writes + 1
+    assert pending and all(entry.get("seq", 0) not in first for entry in pending)

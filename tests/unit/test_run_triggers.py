@@ -28,11 +28,13 @@ OTHER: RunKey = (NAMESPACE, "other")
 
 
 class Reconciles:
-    """Stands in for RunReconciler._reconcile: records each call, and holds it until the Run's
-    gate opens (open by default)."""
+    """Stands in for RunReconciler._reconcile: records each call with the version of the body
+    it starts from (the newest known, as _reconcile takes it), and holds it until the Run's gate
+    opens (open by default)."""
 
     def __init__(self, *, hold: RunKey | None = None, barrier: threading.Barrier | None = None):
         self.calls: list[tuple[RunKey, Any]] = []
+        self.latest: Callable[[RunKey], Any] = lambda key: None
         self.started: dict[RunKey, threading.Event] = defaultdict(threading.Event)
         self.gate = threading.Event()
         self.hold, self.barrier = hold, barrier
@@ -41,8 +43,9 @@ class Reconciles:
         self._lock = threading.Lock()
 
     def __call__(self, key: RunKey, body: Any, observed: Any) -> Result:
+        body = body if body is not None else self.latest(key)
         with self._lock:
-            self.calls.append((key, body))
+            self.calls.append((key, body and body["metadata"]["resourceVersion"]))
             self.running[key] += 1
             self.most = max(self.most, self.running[key])
         self.started[key].set()
@@ -76,7 +79,14 @@ def run(r: RunReconciler, scenario: Callable[[], Coroutine[Any, Any, None]]) -> 
 def harness(reconciles: Reconciles) -> Harness:
     h = Harness(step("code"))
     h.reconciler._reconcile = reconciles  # type: ignore[method-assign]
+    h.kube.own_writes.forget("runs", *KEY)
+    reconciles.latest = lambda key: h.kube.own_writes.latest("runs", *key)
     return h
+
+
+def event(version: int) -> dict[str, Any]:
+    """A watch event's body of the Run, written by someone else."""
+    return {"metadata": {"namespace": KEY[0], "name": KEY[1], "resourceVersion": str(version)}}
 
 
 # --- triggers -------------------------------------------------------------------------------
@@ -87,29 +97,26 @@ def test_triggers_during_a_reconcile_collapse_into_one_more_with_the_freshest_bo
     r = harness(reconciles).reconciler
 
     async def scenario() -> None:
-        r.trigger(KEY, {"v": 1})
+        r.changed(KEY, event(1))
         await reconciles.wait_started(KEY)
-        r.trigger(KEY, {"v": 2})  # the Run is busy: it waits, once
-        r.trigger(KEY, {"v": 3})
-        r.trigger(KEY)  # no body: keeps the freshest one known
+        r.changed(KEY, event(2))  # the Run is busy: it waits, once
+        r.changed(KEY, event(3))
+        r.trigger(KEY)  # a Job event: the freshest body known stays
         reconciles.gate.set()
 
     run(r, scenario)
-    assert reconciles.calls == [(KEY, {"v": 1}), (KEY, {"v": 3})]
+    assert reconciles.calls == [(KEY, "1"), (KEY, "3")]
 
 
-def test_a_trigger_without_a_body_during_a_reconcile_reads_the_run_again() -> None:
-    reconciles = Reconciles(hold=KEY)
+def test_a_run_without_a_known_body_is_read_afresh() -> None:
+    reconciles = Reconciles()
     r = harness(reconciles).reconciler
 
     async def scenario() -> None:
-        r.trigger(KEY, {"v": 1})
-        await reconciles.wait_started(KEY)
         r.trigger(KEY)
-        reconciles.gate.set()
 
     run(r, scenario)
-    assert reconciles.calls == [(KEY, {"v": 1}), (KEY, None)]
+    assert reconciles.calls == [(KEY, None)]
 
 
 def test_different_runs_reconcile_at_the_same_time() -> None:
@@ -130,7 +137,7 @@ def test_a_run_is_never_reconciled_twice_at_once() -> None:
     r = harness(reconciles).reconciler
 
     async def scenario() -> None:
-        r.trigger(KEY, {"v": 1})
+        r.changed(KEY, event(1))
         await reconciles.wait_started(KEY)
         r.trigger_soon([KEY] * 5)  # a freed slot, timers, Job events...
         r.trigger(KEY)
@@ -139,7 +146,7 @@ def test_a_run_is_never_reconciled_twice_at_once() -> None:
 
     run(r, scenario)
     assert reconciles.most == 1
-    assert reconciles.calls == [(KEY, {"v": 1}), (KEY, None)]
+    assert reconciles.calls == [(KEY, "1"), (KEY, "1")]
 
 
 def test_a_failed_pass_is_retried_after_its_backoff_and_a_success_forgets_it() -> None:

@@ -56,6 +56,10 @@ def test_a_for_each_item_is_logged(
         ('["a list"]', "--outputs must be a JSON object"),
         (json.dumps({f"k{i}": i for i in range(33)}), "at most 32 keys and 4096 bytes"),
         (json.dumps({"big": "x" * 4096}), "at most 32 keys and 4096 bytes"),
+        (
+            json.dumps({"nofx.usage": {"model": "m", "outputTokens": -1}}),
+            "--outputs: outputs nofx.usage.outputTokens: must not be negative, got -1",
+        ),
     ],
 )
 def test_outputs_the_operator_would_refuse_fail_the_step(

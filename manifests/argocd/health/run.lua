@@ -30,7 +30,18 @@ hs.message = message
 
 local suspended = obj.spec ~= nil and obj.spec.suspend == true
 
-if phase == "Running" and suspended then
+-- Held back because its account spent its monthly budget: it waits for an admin (or the next
+-- month), not for work in progress.
+local held = false
+if phase == "Pending" and status.conditions ~= nil then
+  for _, condition in ipairs(status.conditions) do
+    if condition.type == "Ready" and condition.reason == "AccountBudgetExceeded" then
+      held = true
+    end
+  end
+end
+
+if (phase == "Running" and suspended) or held then
   -- A suspended Run keeps phase Running but starts nothing new until a person resumes it.
   hs.status = "Suspended"
 elseif phase == "Pending" or phase == "Queued" or phase == "Running" then

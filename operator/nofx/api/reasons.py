@@ -8,6 +8,7 @@ class Reason(StrEnum):
     # The Run could not start, or stopped, because of its own spec or status.
     INVALID_PLAN = "InvalidPlan"  # the plan cannot run (cycle, too large, bad reference)
     # The Run waits (Pending) for something to exist or to become valid.
+    ACCOUNT_BUDGET_EXCEEDED = "AccountBudgetExceeded"  # its account spent its monthly budget
     TEMPLATE_MISSING = "TemplateMissing"
     TEMPLATE_INVALID = "TemplateInvalid"
     AGENT_MISSING = "AgentMissing"
@@ -24,6 +25,10 @@ class Reason(StrEnum):
     POD_CREATE_FAILED = "PodCreateFailed"  # the Job could not create its Pod in time
     OUTPUTS_LOST = "OutputsLost"  # the Job succeeded, but its Pod is gone with the outputs
     CHILD_RUN_LIMIT = "ChildRunLimit"  # depth or size limit of a tree of child Runs
+    INVALID_USAGE = "InvalidUsage"  # the attempt's nofx.usage output is not valid usage
+    UNPRICED_MODEL = "UnpricedModel"  # ... names a model its Agent's pricing does not price
+    # The Run stopped because its recorded cost passed its budget.maxCost.
+    BUDGET_EXCEEDED = "BudgetExceeded"
     # Why a step waits.
     AWAITING_APPROVAL = "AwaitingApproval"  # its approval gate: spec.approvals must name it
     SUSPENDED = "Suspended"  # spec.suspend: nothing new starts
@@ -39,4 +44,6 @@ class Reason(StrEnum):
 
 
 # Failures that another attempt of the same step would only repeat.
-TERMINAL_STEP_REASONS = frozenset({Reason.JOB_REJECTED, Reason.CHILD_RUN_REJECTED})
+TERMINAL_STEP_REASONS = frozenset(
+    {Reason.JOB_REJECTED, Reason.CHILD_RUN_REJECTED, Reason.UNPRICED_MODEL}
+)

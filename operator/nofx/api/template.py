@@ -15,6 +15,8 @@ from nofx.api.common import (
     READY_COLUMN,
     ApiModel,
     Conditions,
+    Currency,
+    DecimalString,
     Identifier,
     KindInfo,
     LocalObjectReference,
@@ -249,6 +251,19 @@ Parameters = Annotated[
 Outputs = Annotated[list[Output], Field(max_length=32, json_schema_extra=list_map("name"))]
 
 
+class Budget(ApiModel):
+    """The most a Run may cost. Once its recorded cost (wall time and tokens of finished step
+    attempts) passes maxCost, nothing new starts, running steps are stopped and the Run fails
+    with reason BudgetExceeded."""
+
+    max_cost: DecimalString = Field(description='Most the Run may cost, e.g. "5.00".')
+    currency: Currency | None = Field(
+        default=None,
+        description="ISO 4217 currency of maxCost; the currency of the Run's Agents if unset. "
+        "A Run whose priced Agents charge in another currency, or in several, does not start.",
+    )
+
+
 class TemplateSpec(ApiModel):
     """A multi-step plan: parameters, steps, cleanup steps and outputs."""
 
@@ -272,6 +287,9 @@ class TemplateSpec(ApiModel):
         default=None,
         description="Kueue LocalQueue (in the Run's namespace) that admits the step Jobs of "
         "this Template's Runs, unless a Run names its own.",
+    )
+    budget: Budget | None = Field(
+        default=None, description="Most a Run of this plan may cost; a Run's budget overrides it."
     )
 
 

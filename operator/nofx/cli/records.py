@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from decimal import Decimal
 from typing import Any
 
 from nofx.api_errors import Conflict
@@ -20,6 +21,7 @@ from nofx.cli.options import (
     parse_time,
 )
 from nofx.mirror.store import Store
+from nofx.planner.tokens import money_text
 
 
 def add(commands: Any) -> None:
@@ -40,9 +42,18 @@ def add(commands: Any) -> None:
     key_options(audit, "with verify: check MACs (without, only what needs no key)")
     audit.set_defaults(handler=_audit)
 
-    usage = commands.add_parser("usage", help="metered usage per agent and day")
-    usage.add_argument("--account", required=True)
+    usage = commands.add_parser(
+        "usage", help="metered usage per day, account and agent, or per model (--by model)"
+    )
+    usage.add_argument("--account", help="one account (default: every account)")
     usage.add_argument("--since", required=True, help="ISO date or time, e.g. 2026-11-01")
+    usage.add_argument(
+        "--by",
+        choices=["agent", "model"],
+        default="agent",
+        help="agent: wall time and total cost per agent; model: tokens and their cost per "
+        "model, beside each agent's wall time",
+    )
     usage.add_argument("-o", "--output", choices=["table", "json"], default="table")
     database_options(usage)
     usage.set_defaults(handler=_usage)
@@ -117,17 +128,47 @@ def _actor(actor: str | None) -> str:
 def _usage(args: argparse.Namespace) -> int:
     since = parse_time(args.since)
     with open_store(args) as store:
-        rows = store.usage(args.account, since)
+        if args.by == "model":
+            rows = store.usage_by_model(args.account, since)
+        else:
+            rows = store.usage(args.account, since)
     if args.output == "json":
         print(json.dumps(rows, default=str, indent=2))
         return 0
-    print(f"{'DAY':<11} {'AGENT':<20} {'ATTEMPTS':>8} {'SECONDS':>10} {'COST':>14}")
+    if args.by == "model":
+        _usage_by_model(rows)
+        return 0
+    print(
+        f"{'DAY':<11} {'ACCOUNT':<16} {'AGENT':<20} {'ATTEMPTS':>8} {'SECONDS':>10} "
+        f"{'TOKEN COST':>14} {'COST':>14}"
+    )
     for row in rows:
         print(
-            f"{row['day']!s:<11} {row['agent']:<20} {row['attempts']:>8} "
-            f"{row['wall_seconds']:>10.1f} {row['cost']!s:>10} {row['currency']}"
+            f"{row['day']!s:<11} {row['account']:<16} {row['agent']:<20} {row['attempts']:>8} "
+            f"{row['wall_seconds']:>10.1f} {_money(row['token_cost']):>14} "
+            f"{_money(row['cost']):>14} {row['currency']}"
         )
     return 0
+
+
+def _usage_by_model(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"{'DAY':<11} {'ACCOUNT':<16} {'AGENT':<20} {'MODEL':<24} {'ATTEMPTS':>8} "
+        f"{'SECONDS':>9} {'INPUT':>12} {'OUTPUT':>12} {'CACHED':>12} {'COST':>14}"
+    )
+    for row in rows:
+        model = row["model"] if row["model"] is not None else "(wall time)"
+        print(
+            f"{row['day']!s:<11} {row['account']:<16} {row['agent']:<20} {model:<24} "
+            f"{row['attempts']:>8} {row['wall_seconds']:>9.1f} {row['input_tokens']:>12} "
+            f"{row['output_tokens']:>12} {row['cached_tokens']:>12} {_money(row['cost']):>14} "
+            f"{row['currency']}"
+        )
+
+
+def _money(amount: Decimal) -> str:
+    """An amount as the API writes money: "0.957", not Postgres' "0.957000000"."""
+    return money_text(Decimal(amount))
 
 
 def _history(args: argparse.Namespace) -> int:

@@ -64,6 +64,18 @@ def add(commands: Any) -> None:
         "or the namespace's label nofx.dev/queue-name) are created suspended for Kueue to "
         "admit; needs Kueue installed and RBAC to read its Workloads",
     )
+    operator.add_argument(
+        "--account-budgets-namespace",
+        help="read accounts' monthly budgets from the ConfigMaps labelled "
+        "nofx.dev/account-budget in this namespace (the operator's own: tenants must not "
+        "write there); needs --database-url, where the month's spend is read",
+    )
+    operator.add_argument(
+        "--account-budgets-interval",
+        type=float,
+        default=30.0,
+        help="seconds between two reads of the budgets and the spend",
+    )
     database_options(operator)
     key_options(operator, "sign audit rows and checkpoints with the current key")
     operator.set_defaults(handler=_operator)
@@ -86,6 +98,11 @@ def add(commands: Any) -> None:
 
 
 def _operator(args: argparse.Namespace) -> int:
+    if args.account_budgets_namespace and not args.database_url:
+        raise CliError(
+            "--account-budgets-namespace needs --database-url: an account's spend this month "
+            "is read from the mirror's Postgres"
+        )
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     from nofx import operator as operator_process  # imports Kopf handlers only when needed
@@ -105,6 +122,8 @@ def _operator(args: argparse.Namespace) -> int:
             max_child_runs=args.max_child_runs,
             pod_create_timeout=args.pod_create_timeout,
             kueue=args.kueue,
+            account_budgets_namespace=args.account_budgets_namespace,
+            account_budgets_interval=args.account_budgets_interval,
         )
     )
     return 0

@@ -178,10 +178,13 @@ def usage_page(request: Request) -> Response:
     except ValueError:
         since = datetime.now(UTC).date() - timedelta(days=USAGE_DAYS)
     rows: list[dict[str, Any]] = []
+    tokens: list[dict[str, Any]] = []
     if account:
         start = datetime(since.year, since.month, since.day, tzinfo=UTC)
-        rows = _store(console).usage(account, start)
+        store = _store(console)
+        rows = store.usage(account, start)
+        tokens = [row for row in store.usage_by_model(account, start) if row["model"] is not None]
     return render(
-        request, "usage.html", account=account, since=since, rows=rows,
+        request, "usage.html", account=account, since=since, rows=rows, tokens=tokens,
         totals=usage.totals(rows), chart=usage.chart_svg(rows, account),
     )  # fmt: skip

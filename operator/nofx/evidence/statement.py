@@ -115,6 +115,8 @@ def _step(entry: Mapping[str, Any], usage_rows: Sequence[Mapping[str, Any]]) -> 
             "wallSeconds": row.get("wall_seconds"),
             "cost": str(row["cost"]),
             "currency": row["currency"],
+            # The tokens' cost on top of the wall time's (migration 0004; 0 without tokens).
+            **({"tokenCost": str(row["token_cost"])} if row.get("token_cost") else {}),
         }
         for row in usage_rows
         if row["step"] == entry["name"] and row.get("item_index") == index

@@ -44,8 +44,9 @@ def write_isolated(
 
 def write_rows(store: Store, rows: list[RunRows]) -> None:
     events = [event for run_events, _, _ in rows for event in run_events]
-    store.write(events, [u for _, usage, _ in rows for u in usage], [r for *_, r in rows])
-    metrics.MIRROR_EVENTS.inc(len(events))
+    # Counted as stored: an event written again (from an older body) is not new, nor late.
+    stored = store.write(events, [u for _, usage, _ in rows for u in usage], [r for *_, r in rows])
+    metrics.MIRROR_EVENTS.inc(len(stored))
     now = datetime.now(UTC)
-    for event in events:
-        metrics.MIRROR_LAG_SECONDS.observe(max(0.0, (now - event.at).total_seconds()))
+    for at in stored:
+        metrics.MIRROR_LAG_SECONDS.observe(max(0.0, (now - at).total_seconds()))

@@ -25,6 +25,10 @@ EntryKey = tuple[Any, ...]
 # (an approval, a step of many minutes) gets its outbox emptied meanwhile.
 ACK_AFTER = 300.0
 ACK_NOW_ENTRIES = 64  # stored entries of one Run that are acknowledged at once
+# Late acknowledgements, at most this many a second, the longest waiting first: a burst of
+# thousands of Runs that all wait (for approvals) would otherwise come due, and be written,
+# in the same second five minutes later, and starve the API server and the reconciler.
+LATE_ACKS_PER_SECOND = 10.0
 
 
 @dataclass
@@ -32,8 +36,14 @@ class _Stored:
     uid: str
     # The latest written body, as the writer holds it (run_body.mirrored_part: no pinned specs,
     # no steps): its resourceVersion guards the removal, and a failed removal writes it again.
-    body: dict[str, Any]
-    keys: set[EntryKey] = field(default_factory=set)
+    # None once no stored entry waits in the outbox.
+    body: dict[str, Any] | None
+    keys: set[EntryKey] = field(default_factory=set)  # in Postgres and still in the outbox
+    # What is in Postgres and already left the outbox, so that an older body of the Run (a
+    # watch event behind the reconciler's write) does not hand those entries over again:
+    # events through this sequence number (a Run's events are stored in order), usage by key.
+    events_through: int = 0
+    usage_gone: set[EntryKey] = field(default_factory=set)
     due: float = 0.0
 
 
@@ -42,6 +52,8 @@ class StoredEntries:
         self._clock = clock
         self._lock = threading.Lock()
         self._runs: dict[RunKey, _Stored] = {}
+        self._late_allowance = LATE_ACKS_PER_SECOND  # a token bucket of late acknowledgements
+        self._late_refilled = clock()
 
     def keys(self, key: RunKey, uid: str) -> set[EntryKey]:
         """What the Run's next status write may drop from its outbox."""
@@ -51,37 +63,51 @@ class StoredEntries:
 
     def unstored(self, key: RunKey, body: dict[str, Any]) -> dict[str, Any]:
         """The body with only the outbox entries that are not in Postgres yet."""
-        keys = self.keys(key, body["metadata"]["uid"])
-        if not keys:
-            return body
+        with self._lock:
+            stored = self._runs.get(key)
+            if stored is None or stored.uid != body["metadata"]["uid"]:
+                return body
+            left = [entry for entry in pending(body) if not _is_stored(stored, entry)]
         status = body.get("status") or {}
         audit = status.get("audit") or {}
-        left = [entry for entry in pending(body) if outbox.entry_key(entry) not in keys]
         return {**body, "status": {**status, "audit": {**audit, "pending": left}}}
 
     def written(self, key: RunKey, body: dict[str, Any]) -> set[EntryKey] | None:
         """Records the entries of a written body. Returns every stored key of the Run if the
         writer must remove them now, None if the reconciler's next write may do it."""
         uid = body["metadata"]["uid"]
+        entries = pending(body)
         with self._lock:
             stored = self._runs.get(key)
             if stored is None or stored.uid != uid:
-                stored = self._runs[key] = _Stored(uid, body, due=self._clock() + ACK_AFTER)
+                stored = self._runs[key] = _Stored(uid, body)
+            if not stored.keys:
+                stored.due = self._clock() + ACK_AFTER
             stored.body = body
-            stored.keys |= {outbox.entry_key(entry) for entry in pending(body)}
+            stored.keys |= {outbox.entry_key(entry) for entry in entries}
+            seqs = [entry["seq"] for entry in entries if entry["type"] == outbox.EVENT]
+            stored.events_through = max([stored.events_through, *seqs])
             if _ends(body) or len(stored.keys) >= ACK_NOW_ENTRIES:
                 return set(stored.keys)
             return None
 
     def due(self) -> list[tuple[RunKey, dict[str, Any], set[EntryKey]]]:
-        """Runs whose stored entries waited too long for the reconciler."""
+        """Runs whose stored entries waited too long for the reconciler, the longest waiting
+        first, as many as the rate of late acknowledgements allows now."""
         now = self._clock()
         with self._lock:
-            return [
-                (key, stored.body, set(stored.keys))
+            self._late_allowance = min(
+                LATE_ACKS_PER_SECOND,
+                self._late_allowance + (now - self._late_refilled) * LATE_ACKS_PER_SECOND,
+            )
+            self._late_refilled = now
+            waited = sorted(
+                (stored.due, key, stored.body, set(stored.keys))
                 for key, stored in self._runs.items()
-                if stored.keys and stored.due <= now
-            ]
+                if stored.keys and stored.body is not None and stored.due <= now
+            )[: int(self._late_allowance)]
+            self._late_allowance -= len(waited)
+            return [(key, body, keys) for _, key, body, keys in waited]
 
     def removed(self, key: RunKey, uid: str, keys: set[EntryKey]) -> None:
         """These entries left the Run's outbox (the writer's or the reconciler's write)."""
@@ -90,8 +116,20 @@ class StoredEntries:
             if stored is None or stored.uid != uid:
                 return
             stored.keys -= keys
-            if not stored.keys:
-                del self._runs[key]
+            stored.usage_gone |= {key for key in keys if key[0] == outbox.USAGE}
+            if stored.keys:
+                return
+            if stored.body is not None and _ends(stored.body):
+                del self._runs[key]  # nothing more to come
+            else:
+                stored.body = None
+
+
+def _is_stored(stored: _Stored, entry: dict[str, Any]) -> bool:
+    if entry["type"] == outbox.EVENT:
+        return bool(entry["seq"] <= stored.events_through)
+    entry_key = outbox.entry_key(entry)
+    return entry_key in stored.keys or entry_key in stored.usage_gone
 
 
 def _ends(body: dict[str, Any]) -> bool:

@@ -16,9 +16,9 @@ from typing import Any
 from nofx.api.identity import changed_by, created_by
 from nofx.api.run import STARTED_STEP_PHASES, AuditOutbox, RunStatus
 from nofx.api.schedule import schedule_of
-from nofx.changes import AttemptFinished, Transition
+from nofx.changes import AttemptFinished, TokensUsed, Transition
 from nofx.mirror.chain import stream_name
-from nofx.mirror.records import AuditEvent, UsageRecord
+from nofx.mirror.records import AuditEvent, TokenRecord, UsageRecord
 
 EVENT = "event"
 USAGE = "usage"
@@ -79,10 +79,35 @@ def record(
                 "cost": str(attempt.cost),
                 "currency": attempt.currency,
                 "outcome": attempt.outcome,
+                **(
+                    {"tokens": [_tokens_entry(used) for used in attempt.tokens]}
+                    if attempt.tokens
+                    else {}
+                ),
             }
         )
     if pending or status.audit is not None:
         status.audit = AuditOutbox.model_validate({"nextSeq": seq, "pending": pending or None})
+
+
+def _tokens_entry(used: TokensUsed) -> dict[str, Any]:
+    return {
+        "model": used.model,
+        "input": used.input_tokens,
+        "output": used.output_tokens,
+        "cached": used.cached_tokens,
+        "cost": str(used.cost),
+    }
+
+
+def _token_record(entry: Mapping[str, Any]) -> TokenRecord:
+    return TokenRecord(
+        model=entry["model"],
+        input_tokens=int(entry["input"]),
+        output_tokens=int(entry["output"]),
+        cached_tokens=int(entry["cached"]),
+        cost=Decimal(entry["cost"]),
+    )
 
 
 def actor_of(
@@ -184,6 +209,7 @@ def to_records(
                     cost=Decimal(entry["cost"]),
                     currency=entry["currency"],
                     outcome=entry.get("outcome"),
+                    tokens=tuple(_token_record(used) for used in entry.get("tokens") or ()),
                 )
             )
     return events, usage

@@ -8,6 +8,7 @@ every region of a global database.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 import psycopg
@@ -56,22 +57,75 @@ def timeline(
 
 
 def usage(
-    conn: psycopg.Connection[Any], region: str | None, account: str, since: datetime
+    conn: psycopg.Connection[Any], region: str | None, account: str | None, since: datetime
 ) -> list[dict[str, Any]]:
-    """Totals per UTC day, agent and currency of the account's step attempts billed since
-    `since`: day, agent, attempts, wall_seconds, cost, currency."""
+    """Totals per UTC day, account, agent and currency of the step attempts billed since
+    `since` (of one account, or of all with None): day, account, agent, attempts,
+    wall_seconds, wall_cost, token_cost, cost (the two added up), currency."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT (billed_at AT TIME ZONE 'UTC')::date AS day, agent,"
-            " count(*) AS attempts, sum(wall_seconds) AS wall_seconds, sum(cost) AS cost,"
-            " currency"
+            "SELECT (billed_at AT TIME ZONE 'UTC')::date AS day, account, agent,"
+            " count(*) AS attempts, sum(wall_seconds) AS wall_seconds, sum(cost) AS wall_cost,"
+            " sum(token_cost) AS token_cost, sum(cost + token_cost) AS cost, currency"
             " FROM usage_records"
-            " WHERE account = %(account)s AND billed_at >= %(since)s"
-            " AND (%(region)s::text IS NULL OR region = %(region)s)"
-            " GROUP BY day, agent, currency ORDER BY day, agent, currency",
-            {"account": escape(account), "since": since, "region": region},
+            f" WHERE {_USAGE_FILTER}"
+            " GROUP BY day, account, agent, currency ORDER BY day, account, agent, currency",
+            _usage_parameters(region, account, since),
         )
         return [unescape_row(row) for row in cur.fetchall()]
+
+
+def usage_by_model(
+    conn: psycopg.Connection[Any], region: str | None, account: str | None, since: datetime
+) -> list[dict[str, Any]]:
+    """Totals per UTC day, account, agent, model and currency since `since`: for each model,
+    its tokens and their cost; beside them, with model None, the wall time and its cost.
+    Keys: day, account, agent, model, attempts, wall_seconds, input_tokens, output_tokens,
+    cached_tokens, cost, currency."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT (billed_at AT TIME ZONE 'UTC')::date AS day, account, agent,"
+            " NULL::text AS model, count(*) AS attempts, sum(wall_seconds) AS wall_seconds,"
+            " 0::numeric AS input_tokens, 0::numeric AS output_tokens,"
+            " 0::numeric AS cached_tokens, sum(cost) AS cost, currency"
+            f" FROM usage_records WHERE {_USAGE_FILTER}"
+            " GROUP BY day, account, agent, currency"
+            " UNION ALL"
+            " SELECT (billed_at AT TIME ZONE 'UTC')::date AS day, account, agent, model,"
+            " count(*), 0::double precision, sum(input_tokens), sum(output_tokens),"
+            " sum(cached_tokens), sum(cost), currency"
+            f" FROM token_usage WHERE {_USAGE_FILTER}"
+            " GROUP BY day, account, agent, model, currency"
+            " ORDER BY day, account, agent, model NULLS FIRST, currency",
+            _usage_parameters(region, account, since),
+        )
+        rows = [unescape_row(row) for row in cur.fetchall()]
+    for row in rows:
+        for key in ("input_tokens", "output_tokens", "cached_tokens"):
+            row[key] = int(row[key])  # sum(bigint) is numeric
+    return rows
+
+
+def spent_since(
+    conn: psycopg.Connection[Any], region: str, since: datetime
+) -> dict[tuple[str, str], Decimal]:
+    """(account, currency) → the cost (wall time and tokens) billed since `since`."""
+    rows = conn.execute(
+        "SELECT account, currency, sum(cost + token_cost) FROM usage_records"
+        " WHERE region = %s AND billed_at >= %s GROUP BY account, currency",
+        (region, since),
+    ).fetchall()
+    return {(unescape(account), currency): total for account, currency, total in rows}
+
+
+_USAGE_FILTER = (
+    "billed_at >= %(since)s AND (%(account)s::text IS NULL OR account = %(account)s)"
+    " AND (%(region)s::text IS NULL OR region = %(region)s)"
+)
+
+
+def _usage_parameters(region: str | None, account: str | None, since: datetime) -> dict[str, Any]:
+    return {"account": escape(account) if account else None, "since": since, "region": region}
 
 
 def run_usage(conn: psycopg.Connection[Any], region: str, run_uid: str) -> list[dict[str, Any]]:

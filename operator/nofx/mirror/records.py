@@ -31,8 +31,20 @@ class AuditEvent:
 
 
 @dataclass(frozen=True)
+class TokenRecord:
+    """Tokens of one model that one step attempt reported, and their cost in its currency."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost: Decimal
+
+
+@dataclass(frozen=True)
 class UsageRecord:
-    """One finished step attempt, for billing."""
+    """One finished step attempt, for billing: cost is its wall time's, the tokens' come on
+    top in the same currency."""
 
     run_uid: str
     namespace: str
@@ -51,6 +63,11 @@ class UsageRecord:
     cost: Decimal
     currency: str
     outcome: str | None = None  # Succeeded or Failed
+    tokens: tuple[TokenRecord, ...] = ()
+
+    @property
+    def token_cost(self) -> Decimal:
+        return sum((record.cost for record in self.tokens), Decimal(0))
 
 
 @dataclass(frozen=True)

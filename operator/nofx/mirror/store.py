@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -35,11 +36,23 @@ INSERT_USAGE = """
 INSERT INTO usage_records (
     region, run_uid, namespace, run_name, step, item_index, attempt, job_name, account, agent,
     started_at, finished_at, billed_at, wall_seconds, cpu_request, memory_request, cost, currency,
-    outcome
+    outcome, token_cost
 ) VALUES (
     %(region)s, %(run_uid)s, %(namespace)s, %(run_name)s, %(step)s, %(item_index)s, %(attempt)s,
     %(job_name)s, %(account)s, %(agent)s, %(started_at)s, %(finished_at)s, %(billed_at)s,
-    %(wall_seconds)s, %(cpu_request)s, %(memory_request)s, %(cost)s, %(currency)s, %(outcome)s
+    %(wall_seconds)s, %(cpu_request)s, %(memory_request)s, %(cost)s, %(currency)s, %(outcome)s,
+    %(token_cost)s
+) ON CONFLICT DO NOTHING
+"""
+
+INSERT_TOKENS = """
+INSERT INTO token_usage (
+    region, run_uid, namespace, run_name, step, item_index, attempt, account, agent, model,
+    billed_at, input_tokens, output_tokens, cached_tokens, cost, currency
+) VALUES (
+    %(region)s, %(run_uid)s, %(namespace)s, %(run_name)s, %(step)s, %(item_index)s, %(attempt)s,
+    %(account)s, %(agent)s, %(model)s, %(billed_at)s, %(input_tokens)s, %(output_tokens)s,
+    %(cached_tokens)s, %(cost)s, %(currency)s
 ) ON CONFLICT DO NOTHING
 """
 
@@ -148,10 +161,11 @@ class Store:
         events: Sequence[AuditEvent],
         usage: Sequence[UsageRecord],
         runs: Sequence[RunRecord],
-    ) -> None:
+    ) -> list[datetime]:
         """Store a batch in one transaction. Events and usage already stored are skipped, Runs
-        are upserted. Raises ChainGapError (writing nothing) if an event's seq - 1 is missing,
-        Rejected (writing nothing) if Postgres refuses a value."""
+        are upserted. Returns when each newly stored event happened. Raises ChainGapError
+        (writing nothing) if an event's seq - 1 is missing, Rejected (writing nothing) if
+        Postgres refuses a value."""
         # Escaped before hashing: the chain covers the stored values (see escaping.py).
         events = [escape_fields(event) for event in events]
         usage = [escape_fields(record) for record in usage]
@@ -165,13 +179,22 @@ class Store:
                         cur, self.region, rows, runs, self.keys.current, datetime.now(UTC)
                     )
             if usage:
-                cur.executemany(INSERT_USAGE, [self._usage_row(record) for record in usage])
+                usage_rows = [self._usage_row(record) for record in usage]
+                cur.executemany(INSERT_USAGE, usage_rows)
+                tokens = [
+                    {**row, **streams.row(self.region, escape_fields(used))}
+                    for row, record in zip(usage_rows, usage, strict=True)
+                    for used in record.tokens
+                ]
+                if tokens:
+                    cur.executemany(INSERT_TOKENS, tokens)
             if runs:
                 terminal = sorted(TERMINAL_RUN_PHASES)
                 cur.executemany(
                     UPSERT_RUN,
                     [{**streams.row(self.region, run), "terminal": terminal} for run in runs],
                 )
+        return [row["at"] for row in rows]
 
     def record_version(self, version: SpecVersion) -> int | None:
         """Store the spec as version N+1 with its audit event, unless the latest version of
@@ -203,7 +226,11 @@ class Store:
 
     def _usage_row(self, record: UsageRecord) -> dict[str, Any]:
         billed_at = record.finished_at or record.started_at or datetime.now(UTC)
-        return {**streams.row(self.region, record), "billed_at": billed_at}
+        return {
+            **streams.row(self.region, record),
+            "billed_at": billed_at,
+            "token_cost": record.token_cost,
+        }
 
     # --- reads (queries.py, verify.py) ---
 
@@ -220,12 +247,25 @@ class Store:
             return queries.timeline(conn, self._region_filter(all_regions), namespace, run_name)
 
     def usage(
-        self, account: str, since: datetime, *, all_regions: bool = False
+        self, account: str | None, since: datetime, *, all_regions: bool = False
     ) -> list[dict[str, Any]]:
-        """Totals per UTC day, agent and currency of the account's step attempts billed since
-        `since`: day, agent, attempts, wall_seconds, cost, currency."""
+        """Totals per UTC day, account, agent and currency of the step attempts billed since
+        `since`, of one account or (None) of all (queries.usage)."""
         with self._connection() as conn:
             return queries.usage(conn, self._region_filter(all_regions), account, since)
+
+    def usage_by_model(
+        self, account: str | None, since: datetime, *, all_regions: bool = False
+    ) -> list[dict[str, Any]]:
+        """Tokens and cost per UTC day, account, agent, model and currency, with the wall
+        time as model None (queries.usage_by_model)."""
+        with self._connection() as conn:
+            return queries.usage_by_model(conn, self._region_filter(all_regions), account, since)
+
+    def spent_since(self, since: datetime) -> dict[tuple[str, str], Decimal]:
+        """(account, currency) → the cost billed in this region since `since`."""
+        with self._connection() as conn:
+            return queries.spent_since(conn, self.region, since)
 
     def run_usage(self, run_uid: str) -> list[dict[str, Any]]:
         with self._connection() as conn:

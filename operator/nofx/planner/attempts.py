@@ -10,7 +10,8 @@ from nofx.api.common import parse_duration
 from nofx.api.reasons import TERMINAL_STEP_REASONS, Reason
 from nofx.api.run import StepStatus
 from nofx.api.template import Step
-from nofx.planner import billing, templating
+from nofx.changes import TokensUsed
+from nofx.planner import billing, budget, templating, tokens
 from nofx.planner.conditions import bounded
 from nofx.planner.facts import JobObservation, JobRequest
 from nofx.planner.naming import job_name
@@ -33,6 +34,8 @@ def start_attempt(
     if state.run.spec.suspend:
         state.wait(entry, "the Run is suspended", Reason.SUSPENDED)
         return
+    if budget.exceeded(state):
+        return  # the Run stops at the end of this pass (budget.enforce)
     agent_name = agent_for(step, state.agents)
     assert agent_name is not None, "pinning chose an agent for every step"
     agent = state.agents[agent_name]
@@ -115,7 +118,14 @@ def advance_attempt(
         state.decision.delete_jobs.append(observation.name)  # else it keeps trying
     else:
         outputs, failure, reason = outcome(observation, step.timeout)
-    billing.meter(state, step, entry, observation, "Succeeded" if failure is None else "Failed")
+    used: list[TokensUsed] = []
+    if failure is None:
+        try:
+            outputs, used = _reported_tokens(state, step, outputs)
+        except tokens.UsageProblem as problem:
+            outputs, failure, reason = {}, problem.message, problem.reason
+    outcome_phase = "Succeeded" if failure is None else "Failed"
+    billing.meter(state, step, entry, observation, outcome_phase, used)
     if failure is None:
         entry.outputs = outputs
         state.end(entry, "Succeeded", f"attempt {attempt} succeeded")
@@ -138,6 +148,16 @@ def advance_attempt(
         return
     tries = f" after {attempt} attempts" if attempt > 1 else ""
     state.end(entry, "Failed", f"{failure}{tries}", reason)
+
+
+def _reported_tokens(
+    state: RunState, step: Step, outputs: dict[str, Any]
+) -> tuple[dict[str, Any], list[TokensUsed]]:
+    """The outputs without nofx.usage, and its tokens priced by the step's Agent."""
+    outputs, usage = tokens.take_usage(outputs)
+    agent_name = agent_for(step, state.agents) or ""
+    agent = state.agents.get(agent_name)
+    return outputs, tokens.price(usage, agent.pricing if agent else None, agent_name)
 
 
 def _queued(state: RunState, entry: StepStatus, job: JobObservation) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from nofx.api.reasons import Reason
 from nofx.api.run import TERMINAL_RUN_PHASES, StepStatus
 from nofx.api.template import Step
-from nofx.planner import templating
+from nofx.planner import budget, templating
 from nofx.planner.facts import ChildRunRequest
 from nofx.planner.naming import child_run_name
 from nofx.planner.state import RunState
@@ -16,6 +16,8 @@ from nofx.planner.state import RunState
 
 def start_child(state: RunState, step: Step, entry: StepStatus, context: dict[str, Any]) -> None:
     assert step.child_run is not None
+    if budget.exceeded(state):
+        return  # the Run stops at the end of this pass (budget.enforce)
     try:
         parameters = {
             key: templating.render(value, context) if isinstance(value, str) else value

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from nofx.api.account_budgets import AccountBudget
 from nofx.api.agent import AgentSpec
 from nofx.api.run import (
     RunSpec,
@@ -136,6 +137,8 @@ class World:
     tree_size: int = 0  # child Runs that exist under this Run's root
     # The account of the Run's namespace (nofx.api.accounts), read until the Run's is pinned.
     namespace_account: str | None = None
+    # The monthly budget of the Run's account and what it spent, until the Run is pinned.
+    account_budget: AccountBudget | None = None
     # The namespace's default Kueue LocalQueue (its label nofx.dev/queue-name), read until pinned.
     namespace_queue: str | None = None
 

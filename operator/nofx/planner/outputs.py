@@ -99,9 +99,6 @@ class EmptyJoin(Mapping[str, Any]):
 EMPTY_JOIN = EmptyJoin()
 
 
-EMPTY_JOIN = EmptyJoin()
-
-
 def join_outputs(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The outputs of a forEach step: every key any item reported, as a list with one entry
     per item (null where an item did not report it)."""

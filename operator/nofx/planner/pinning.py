@@ -15,11 +15,12 @@ from nofx.api.run import (
     Pinned,
     PinnedAgent,
     PinnedTemplate,
+    RunStatus,
     StepStatus,
     Usage,
 )
 from nofx.api.template import Step, TemplateSpec
-from nofx.planner import validation
+from nofx.planner import budget, validation
 from nofx.planner.conditions import finish, pending, set_condition
 from nofx.planner.facts import Decision, RunView, World
 from nofx.planner.outputs import MAX_OUTPUT_BYTES
@@ -58,6 +59,8 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     """Resolves the plan, its parameters and its Agents once; the snapshot is all a Run ever
     runs with. Returns whether the Run could start."""
     status, spec = decision.status, run.spec
+    if budget.account_spent(status, world, decision):
+        return False
     template_name = spec.template_ref.name if spec.template_ref else None
     plan = spec.inline_template() if template_name is None else world.template
     if plan is None:
@@ -71,6 +74,8 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
         return False
     if spec.timeout:
         plan = plan.model_copy(update={"timeout": spec.timeout})
+    if spec.budget:
+        plan = plan.model_copy(update={"budget": spec.budget})
 
     where = "spec.parameters" if template_name else "spec.parameterDefinitions"
     problems = validation.validate_plan(plan, where)
@@ -82,8 +87,7 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     if cycle:
         problems.append(f"child Runs would start each other without end: {' → '.join(cycle)}")
     if problems:
-        finish(status, world.now, "Failed", Reason.INVALID_PLAN, "; ".join(problems))
-        set_condition(status, READY, "False", Reason.INVALID_PLAN, "; ".join(problems), world.now)
+        _cannot_run(status, world, problems)
         return False
 
     for child_template, step_name in child_templates(plan).items():
@@ -100,6 +104,10 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
         for name in missing:
             decision.waiting_for.add(("Agent", name))
         pending(status, world.now, Reason.AGENT_MISSING, "; ".join(missing.values()))
+        return False
+    problems = budget.currency_problems(plan.budget, chosen)
+    if problems:
+        _cannot_run(status, world, problems)
         return False
     queue = spec.queue_name or plan.queue_name or world.namespace_queue
     if queue and not world.limits.kueue:
@@ -140,6 +148,12 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     set_condition(status, READY, "True", "Started", "template and agents pinned", world.now)
     set_condition(status, SUCCEEDED, "Unknown", "Running", "the Run is running", world.now)
     return True
+
+
+def _cannot_run(status: RunStatus, world: World, problems: list[str]) -> None:
+    message = "; ".join(problems)
+    finish(status, world.now, "Failed", Reason.INVALID_PLAN, message)
+    set_condition(status, READY, "False", Reason.INVALID_PLAN, message, world.now)
 
 
 def child_templates(plan: TemplateSpec) -> dict[str, str]:

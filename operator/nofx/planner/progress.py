@@ -11,7 +11,7 @@ from nofx.api.reasons import Reason
 from nofx.api.run import STARTED_STEP_PHASES, TERMINAL_STEP_PHASES, StepStatus
 from nofx.api.template import Step
 from nofx.changes import step_label
-from nofx.planner import attempts, children, fanout, lifetime, stopping, templating
+from nofx.planner import attempts, budget, children, fanout, lifetime, stopping, templating
 from nofx.planner.conditions import bounded, finish, set_condition
 from nofx.planner.state import RunState
 
@@ -32,9 +32,13 @@ def advance(state: RunState) -> None:
         state.decision.wake_no_later_than(deadline)
 
     _advance_list(state, state.main_order)
+    if budget.enforce(state):
+        return
     main_done = all(state.top(step).phase in TERMINAL_STEP_PHASES for step in state.plan.steps)
     if main_done:
         _advance_list(state, state.finally_order)
+        if budget.enforce(state):
+            return
     everything = [*state.plan.steps, *(state.plan.finally_ or [])]
     if main_done and all(state.top(s).phase in TERMINAL_STEP_PHASES for s in everything):
         _complete(state, everything, timed_out)

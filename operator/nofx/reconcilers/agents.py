@@ -18,7 +18,7 @@ from nofx.reconcilers.templates import refresh_templates
 
 
 @kopf.index(GROUP, VERSION, "agents")
-def agents_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any) -> Any:
+async def agents_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any) -> Any:
     try:
         return {namespace: (name, AgentSpec.model_validate(dict(spec)))}
     except ValidationError:

@@ -97,11 +97,6 @@ def apply(
             body["metadata"],
             {approval.step: approval.approved_by for approval in run.spec.approvals or []},
         )
-        # What the mirror stored since goes in this same write (no acknowledgement of its own).
-        stored_keys = mirror.stored.keys(key, run.uid)
-        audit = decision.status.audit
-        if stored_keys and audit is not None and audit.pending:
-            audit.pending = outbox.acknowledge(audit.pending, stored_keys) or None
     finalizers = body["metadata"].get("finalizers") or []
     if mirror is not None and decision.status.audit and AUDIT_FINALIZER not in finalizers:
         # Held until the mirror stored every event, so deleting a Run loses none of them.
@@ -121,6 +116,14 @@ def apply(
     new_status = decision.status.to_dict()
     old_status = (body.get("status") or {}) if replace_status else run.status.to_dict()
     if new_status != old_status:
+        if mirror is not None:
+            # What the mirror stored since goes in this same write; never a write of its own
+            # (the mirror acknowledges when the Run ends, or after a while).
+            stored_keys = mirror.stored.keys(key, run.uid)
+            audit = decision.status.audit
+            if stored_keys and audit is not None and audit.pending:
+                audit.pending = outbox.acknowledge(audit.pending, stored_keys) or None
+                new_status = decision.status.to_dict()
         try:
             stored = patch_status(kube, key, body, new_status, old_status)
         except Rejected as error:
@@ -146,7 +149,7 @@ def apply(
                 },
             )
     for attempt in decision.finished_attempts:
-        metrics.STEP_ATTEMPTS.labels(outcome=attempt.outcome).inc()
+        metrics.count_attempt(run.namespace, attempt)
     for wait in decision.queue_waits:
         metrics.STEP_QUEUE_SECONDS.observe(wait)
     metrics.set_run_phase(key, decision.status.phase)
@@ -185,10 +188,13 @@ def patch_status(
     status: dict[str, Any],
     previous: dict[str, Any],
 ) -> dict[str, Any] | None:
-    """Writes status as a whole: a merge patch, with null for every field it dropped."""
+    """Writes the status given, whose fields were `previous` at the body's resourceVersion: a
+    merge patch of the top-level fields that changed (the pinned specs rarely do), with null for
+    every field it dropped."""
+    changed = {field: value for field, value in status.items() if previous.get(field) != value}
     dropped = {field: None for field in previous if field not in status}
     stored = kube.patch_status(
-        "runs", *key, {**status, **dropped}, body["metadata"]["resourceVersion"]
+        "runs", *key, {**changed, **dropped}, body["metadata"]["resourceVersion"]
     )
     if stored is not None:
         kube.own_writes.add("runs", stored)

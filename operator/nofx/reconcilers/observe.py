@@ -45,7 +45,7 @@ class Observed:
 def observe(indexes: dict[str, Any], key: RunKey, waiters_version: int) -> Observed:
     """A consistent copy of the indexes for one Run, taken on the event loop's thread."""
     namespace = key[0]
-    jobs = {job.name: job for job in indexes["jobs_by_run"].get(key, [])}
+    jobs = {job.name: job for job in indexes["step_jobs"].get(("run", *key), [])}
     workloads = indexes.get("workloads_by_job")  # only with Kueue
     if workloads is not None:
         for name, job in jobs.items():
@@ -56,7 +56,7 @@ def observe(indexes: dict[str, Any], key: RunKey, waiters_version: int) -> Obser
     agents = {n: spec for n, spec in indexes["agents_by_namespace"].get(namespace, [])}
     templates = dict(indexes["templates_by_namespace"].get(namespace, []))
     active = {
-        agent: set(indexes["active_jobs_by_agent"].get((namespace, label_value(agent)), []))
+        agent: set(indexes["step_jobs"].get(("agent", namespace, label_value(agent)), []))
         for agent, spec in agents.items()
         if spec.max_concurrent_steps is not None
     }

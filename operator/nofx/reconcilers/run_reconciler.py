@@ -34,6 +34,7 @@ from nofx.planner.decide import decide
 from nofx.planner.facts import Decision, Limits, RunView, World
 from nofx.planner.stopping import abort_run
 from nofx.reconcilers import apply, observe
+from nofx.reconcilers.account_budgets import AccountBudgets
 from nofx.reconcilers.apply import AUDIT_FINALIZER
 from nofx.reconcilers.errors import failures_before_showing, is_transient
 from nofx.reconcilers.observe import Observed
@@ -54,10 +55,12 @@ class RunReconciler:
         limits: Limits | None = None,
         mirror: MirrorWriter | None = None,
         indexes: dict[str, Any] | None = None,
+        account_budgets: AccountBudgets | None = None,
     ) -> None:
         self.kube = kube
         self.limits = limits or Limits()
         self.mirror = mirror  # None: no Postgres mirror configured
+        self.account_budgets = account_budgets  # None: accounts have no monthly budgets
         self.indexes = indexes or {}  # Kopf's in-memory indexes, by name
         self.slots = AgentSlots()
         self.waiters = Waiters()
@@ -85,16 +88,17 @@ class RunReconciler:
         await self.queue.drain(drop_waiting=True)
         await asyncio.gather(*self._workers, return_exceptions=True)
 
-    def trigger(self, key: RunKey, body: dict[str, Any] | None = None) -> None:
-        """Reconciles the Run soon: with this body, else with the newest body we wrote or
-        saw, else read afresh."""
-        self.queue.add(key, body)
+    def trigger(self, key: RunKey) -> None:
+        """Reconciles the Run soon, with the newest body we wrote or saw, else read afresh.
+        The queue holds keys only: a burst of thousands of Runs waiting for a worker must not
+        hold a parsed body each (own_writes keeps the newest bodies, a bounded number)."""
+        self.queue.add(key)
 
     def changed(self, key: RunKey, body: dict[str, Any]) -> None:
         """A watch event of the Run: reconciled with its body, unless it echoes our write."""
         if not self.is_own_write(key, body):
             self.kube.own_writes.seen("runs", body)
-            self.trigger(key, body)
+            self.trigger(key)
 
     def trigger_soon(self, keys: Iterable[RunKey]) -> None:
         for key in keys:
@@ -169,6 +173,10 @@ class RunReconciler:
             labels = self.kube.namespace_labels(namespace)
             namespace_account = accounts.namespace_account(namespace, labels)
             namespace_queue = queues.namespace_queue(labels)
+        account = old_status.account or namespace_account
+        account_budget = None
+        if self.account_budgets is not None and old_status.pinned is None and account:
+            account_budget = self.account_budgets.of(account)  # memory only: no I/O here
         with self.slots.lock:
             pinned = old_status.pinned is not None
             agents = observe.pinned_agents(old_status) if pinned else observed.agents
@@ -191,6 +199,7 @@ class RunReconciler:
                 tree_size=len(tree),
                 namespace_account=namespace_account,
                 namespace_queue=namespace_queue,
+                account_budget=account_budget,
             )
             decision = decide(run, world)
             for request in decision.create_jobs:

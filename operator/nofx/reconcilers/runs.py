@@ -1,6 +1,9 @@
-"""Runs and their Jobs in Kopf: the in-memory indexes the Run reconciler reads (Jobs by Run,
-unfinished Jobs by Agent, child Runs by parent and by root) and the events that trigger it.
-The reconciling itself is in run_reconciler.py."""
+"""Runs and their Jobs in Kopf: the in-memory indexes the Run reconciler reads (step Jobs by
+Run and by Agent, child Runs by parent and by root) and the events that trigger it.
+The reconciling itself is in run_reconciler.py.
+
+Index functions are coroutines though they never wait: Kopf runs a plain function in a thread
+of the executor, a hop that cost more of the event loop's time than the indexing itself."""
 
 from __future__ import annotations
 
@@ -17,22 +20,29 @@ from nofx.reconcilers import context
 
 
 @kopf.index("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
-def jobs_by_run(namespace: Any, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    owner = owning_run(body)
-    return {(namespace, owner): observe_job(dict(body))} if owner else {}
-
-
-@kopf.index("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT, AGENT_LABEL: kopf.PRESENT})
-def active_jobs_by_agent(
+async def step_jobs(
     namespace: Any, name: Any, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> Any:
-    if observe_job(dict(body)).state != "Active":
-        return {}  # not None: Kopf keeps an object's previous entry when a function returns None
-    return {(namespace, labels[AGENT_LABEL]): name}
+    """Every step Job under its Run, ("run", namespace, run) → what the Job shows, and while
+    it is unfinished under its Agent, ("agent", namespace, agent label) → its name; a Job of a
+    Kueue queue also by its name, ("job", namespace, name) → its Run (a Workload names only
+    its Job). One index rather than several: each is a handler call on every event of every
+    Job."""
+    job = observe_job(dict(body))
+    entries: dict[tuple[str, str, str], Any] = {}
+    owner = owning_run(body)
+    if owner:
+        entries[("run", namespace, owner)] = job
+    agent = labels.get(AGENT_LABEL)
+    if agent and job.state == "Active":
+        entries[("agent", namespace, agent)] = name
+    if owner and job.queue_name:
+        entries[("job", namespace, name)] = owner
+    return entries  # not None: Kopf keeps an object's previous entries when it gets None
 
 
 @kopf.index(GROUP, VERSION, "runs", labels={PARENT_LABEL: kopf.PRESENT})
-def child_runs_by_parent(
+async def child_runs_by_parent(
     namespace: Any, name: Any, body: kopf.Body, status: kopf.Status, **_: Any
 ) -> Any:
     observation = ChildRunObservation(
@@ -46,7 +56,7 @@ def child_runs_by_parent(
 
 
 @kopf.index(GROUP, VERSION, "runs", labels={ROOT_LABEL: kopf.PRESENT})
-def child_runs_by_root(namespace: Any, name: Any, labels: kopf.Labels, **_: Any) -> Any:
+async def child_runs_by_root(namespace: Any, name: Any, labels: kopf.Labels, **_: Any) -> Any:
     """How many child Runs each tree holds, at every depth (bounded per root Run)."""
     return {(namespace, labels[ROOT_LABEL]): name}
 

@@ -154,7 +154,7 @@ def _involved(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @kopf.index(GROUP, VERSION, "runs", labels={SCHEDULE_LABEL: kopf.PRESENT})
-def runs_by_schedule(
+async def runs_by_schedule(
     namespace: Any, name: Any, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> Any:
     schedule = schedule_of(body.get("metadata", {}))

@@ -21,7 +21,7 @@ from nofx.reconcilers import context, status_patch
 
 
 @kopf.index(GROUP, VERSION, "templates")
-def templates_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any) -> Any:
+async def templates_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any) -> Any:
     try:
         return {namespace: (name, TemplateSpec.model_validate(dict(spec)))}
     except ValidationError:
