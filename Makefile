@@ -5,17 +5,19 @@ PY := $(VENV)/bin/python
 # Builds the pinned control-plane binaries on first use (minutes), then answers from the cache.
 TOOLS_BIN = $$(bash tools/build.sh)
 
-.PHONY: help venv tools dev-up dev-down dev-env test unit e2e smoke-oldest chaos demo bench lint crds check-crds clean
+.PHONY: help venv tools dev-up dev-down dev-env test unit e2e smoke-oldest chaos demo bench bench-kueue lint crds check-crds clean
 
 help:
 	@echo "make demo      run the local control plane and show it working"
 	@echo "make test      run every test (unit and end-to-end)"
 	@echo "make smoke-oldest  the tests marked oldest on the oldest supported Kubernetes (1.35)"
 	@echo "make dev-up    start a local control plane and Postgres in the background"
+	@echo "               (ARGS=--with-kueue: and Kueue, for Runs that name a queue)"
 	@echo "make dev-env   their environment: eval \"\$$(make -s dev-env)\""
 	@echo "make dev-down  stop them"
 	@echo "make chaos     the crash test at twice its scale (300 Runs, 40 operator kills)"
 	@echo "make bench     latency and throughput figures (bench/summary.md)"
+	@echo "make bench-kueue  apply → step Pod Running with and without Kueue (bench/kueue.md)"
 	@echo "make lint      ruff and mypy"
 	@echo "make crds      regenerate crds/ from the API types, copy policies/ into the chart"
 
@@ -31,7 +33,7 @@ tools:
 	@bash tools/build.sh >/dev/null
 
 dev-up: venv
-	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx_dev up
+	@NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) -m nofx_dev up $(ARGS)
 
 dev-down: venv
 	@$(PY) -m nofx_dev down
@@ -68,6 +70,10 @@ demo: venv
 bench: venv
 	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) bench/run.py
+
+# What Kueue's admission adds to a step's start, at 5 Runs/s: bench/kueue.json, bench/kueue.md.
+bench-kueue: venv
+	NOFX_TOOLS_BIN=$(TOOLS_BIN) $(PY) bench/kueue.py
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests bench

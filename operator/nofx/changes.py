@@ -67,8 +67,9 @@ class Transition:
     def announced(self) -> bool:
         """Worth a Kubernetes Event: how the Run ended, and every warning. A step's ordinary
         progress, and the Run starting to run, are in status (`kubectl get runs`) and the
-        audit trail already; an Event for each is an API write that tells nothing new."""
-        return (self.step is None and self.to_phase != "Running") or self.warning
+        audit trail already; an Event for each is an API write that tells nothing new (so is
+        the Run going from Running to Queued and back as Kueue admits its steps)."""
+        return (self.step is None and self.to_phase not in ("Running", "Queued")) or self.warning
 
     @property
     def warning(self) -> bool:
@@ -76,6 +77,7 @@ class Transition:
 
 
 _STEP_REASONS = {
+    "Queued": "StepQueued",
     "Running": "StepStarted",
     "Succeeded": "StepSucceeded",
     "Failed": "StepFailed",

@@ -292,11 +292,18 @@ class Kube:
         return str(latest.get("message") or "FailedCreate")
 
     def job_pod(self, namespace: str, job_name: str) -> dict[str, Any] | None:
-        """The Pod of a finished Job (backoffLimit 0: there is at most one that ran)."""
+        """The Pod of a finished Job: backoffLimit 0 lets only one run to its end, but a Pod
+        stopped by a Kueue eviction may still be going away: the newest not being deleted."""
         response = self.core.list_namespaced_pod(
             namespace, label_selector=f"job-name={job_name}", _preload_content=False
         )
         pods: list[dict[str, Any]] = response_json(response)["items"]
+        pods.sort(
+            key=lambda pod: (
+                "deletionTimestamp" not in pod["metadata"],
+                pod["metadata"].get("creationTimestamp", ""),
+            )
+        )
         return pods[-1] if pods else None
 
 

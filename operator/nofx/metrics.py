@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from nofx.changes import AttemptFinished
 
-RUN_PHASES = ("Pending", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled")
+RUN_PHASES = ("Pending", "Queued", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
 STEP_ATTEMPTS = Counter(
@@ -42,6 +42,11 @@ NEXT_JOB_SECONDS = Histogram(
     "nofx_step_next_job_latency_seconds",
     "From an upstream step's Job finishing to the creation of the next step's Job.",
     buckets=LATENCY_BUCKETS,
+)
+STEP_QUEUE_SECONDS = Histogram(
+    "nofx_step_queue_seconds",
+    "From the creation of a queued step's Job to Kueue's (first) admission of it.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
 RECONCILE_ERRORS = Counter(
     "nofx_reconcile_errors_total",

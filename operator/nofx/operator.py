@@ -19,7 +19,7 @@ from nofx.mirror.keys import KeyRing
 from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
 from nofx.planner.facts import Limits
-from nofx.reconcilers import agents, context, runs, schedules, templates  # noqa: F401 - handlers
+from nofx.reconcilers import agents, context, runs, schedules, templates, workloads  # noqa: F401 - handlers
 from nofx.reconcilers.account_budgets import AccountBudgets
 from nofx.reconcilers.run_reconciler import RunReconciler
 from nofx.reconcilers.schedules import ScheduleReconciler
@@ -56,6 +56,7 @@ class Options:
     # Where accounts' monthly budget ConfigMaps live (needs the mirror); none: no such budgets.
     account_budgets_namespace: str | None = None
     account_budgets_interval: float = 30.0
+    kueue: bool = False  # step Jobs of Runs that name a queue are Kueue workloads
 
 
 OPTIONS = Options()
@@ -103,6 +104,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         OPTIONS.max_child_run_depth,
         OPTIONS.max_child_runs,
         timedelta(seconds=OPTIONS.pod_create_timeout),
+        kueue=OPTIONS.kueue,
     )
     mirror = budgets = step_cache = None
     if OPTIONS.database_url:
@@ -117,7 +119,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
                 client, store, OPTIONS.account_budgets_namespace, OPTIONS.account_budgets_interval
             )
             budgets.start()
-    indexes = {name: kwargs[name] for name in INDEXES}
+    names = [*INDEXES, *(workloads.INDEXES if OPTIONS.kueue else ())]
+    indexes = {name: kwargs[name] for name in names}
     reconciler = RunReconciler(client, limits, mirror, indexes, budgets, step_cache)
     reconciler.start(workers=OPTIONS.workers)
     scheduler = ScheduleReconciler(client, indexes)
@@ -130,6 +133,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
             "namespaces": list(OPTIONS.namespaces) or "all",
             "region": OPTIONS.region,
             "mirror": bool(OPTIONS.database_url),
+            "kueue": OPTIONS.kueue,
             "account_budgets": OPTIONS.account_budgets_namespace if budgets else None,
             # Key ids only: the keys themselves never reach a log.
             "audit_keys": OPTIONS.audit_keys.ids if OPTIONS.audit_keys else None,
@@ -166,6 +170,8 @@ def runs_held(**_: Any) -> int:
 def run(options: Options) -> None:
     global OPTIONS
     OPTIONS = options
+    if options.kueue:
+        workloads.register()
     kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="k8s")
     # Kopf logs every handled event at INFO; the reconcilers log what actually changed.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -52,13 +52,13 @@ def environment(control_plane: ControlPlane, postgres: PostgresServer) -> str:
     )
 
 
-def serve(state_dir: Path) -> None:
+def serve(state_dir: Path, with_kueue: bool = False) -> None:
     """Runs in the foreground until SIGTERM or SIGINT, then stops everything in order."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     _pid_file(state_dir).write_text(str(os.getpid()))
-    control_plane = ControlPlane(state_dir)
+    control_plane = ControlPlane(state_dir, kueue=with_kueue)
     postgres = PostgresServer(state_dir / "postgres")
     try:
         started = time.monotonic()
@@ -79,14 +79,22 @@ def serve(state_dir: Path) -> None:
         _pid_file(state_dir).unlink(missing_ok=True)
 
 
-def up(state_dir: Path, timeout: float) -> int:
+def up(state_dir: Path, timeout: float, with_kueue: bool = False) -> int:
     if _running_pid(state_dir) is None:
         shutil.rmtree(state_dir, ignore_errors=True)
         state_dir.mkdir(parents=True)
         log_path = state_dir / "supervisor.log"
         with open(log_path, "wb") as log:
             supervisor = subprocess.Popen(
-                [sys.executable, "-m", "nofx_dev", "serve", "--state-dir", str(state_dir)],
+                [
+                    sys.executable,
+                    "-m",
+                    "nofx_dev",
+                    "serve",
+                    "--state-dir",
+                    str(state_dir),
+                    *(["--with-kueue"] if with_kueue else []),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -124,12 +132,17 @@ def main() -> int:
     parser.add_argument(
         "--timeout", type=float, default=1800.0, help="seconds (a cold build is slow)"
     )
+    parser.add_argument(
+        "--with-kueue",
+        action="store_true",
+        help="also start Kueue (its CRDs and webhooks); run the operator with --kueue",
+    )
     args = parser.parse_args()
     if args.command == "serve":
-        serve(args.state_dir)
+        serve(args.state_dir, args.with_kueue)
         return 0
     if args.command == "up":
-        return up(args.state_dir, args.timeout)
+        return up(args.state_dir, args.timeout, args.with_kueue)
     if args.command == "down":
         return down(args.state_dir, args.timeout)
     env = _env_file(args.state_dir)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from nofx_dev import audit, pki
+from nofx_dev import audit, kueue, pki
 from nofx_dev.processes import ManagedProcess, free_port, wait_until
 from nofx_dev.tools import tool_path
 
@@ -53,6 +53,7 @@ class ControlPlane:
     state_dir: Path
     nodes: int = 2
     audit_log: bool = False
+    kueue: bool = False  # also start Kueue (nofx_dev.kueue) with its CRDs and webhooks
     processes: list[ManagedProcess] = field(default_factory=list)
     apiserver_port: int = 0
     startup_seconds: float = 0.0
@@ -83,6 +84,11 @@ class ControlPlane:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._write_kubeconfig(pki_dir, path, user, stem)
         return path
+
+    def add_process(self, name: str, argv: list[str]) -> ManagedProcess:
+        """Starts one more server that stops with the control plane, before the servers
+        started before it."""
+        return self._process(name, argv)
 
     def _process(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.state_dir / "logs" / f"{name}.log")
@@ -117,6 +123,8 @@ class ControlPlane:
             self._process("kwok", self._kwok_argv(components["kwok"]))
             self._create_nodes()
             wait_until(self._ready, timeout, "fake Nodes Ready and the default ServiceAccount")
+            if self.kueue:
+                kueue.start(self, timeout)
         except BaseException:
             self.stop()
             raise

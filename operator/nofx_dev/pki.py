@@ -1,6 +1,6 @@
 """The certificates and keys a private control plane needs: a CA, the API server's serving
 certificate, an admin client certificate, and the service-account signing key; later, client
-certificates for other users from the same CA."""
+certificates for other users and loopback serving certificates (webhooks) from the same CA."""
 
 from __future__ import annotations
 
@@ -103,6 +103,17 @@ def client_certificate(directory: Path, stem: str, user: str, groups: Sequence[s
     """Writes {stem}.{crt,key} into directory: a client certificate for `user` in `groups`,
     signed by the CA that create_pki left there."""
     _leaf(directory, stem, _name(user, *groups), ExtendedKeyUsageOID.CLIENT_AUTH)
+
+
+def loopback_serving_certificate(directory: Path, stem: str, common_name: str) -> None:
+    """Writes {stem}.{crt,key} into directory: a serving certificate for 127.0.0.1 and
+    localhost, signed by the CA that create_pki left there (which the API server trusts, so it
+    can call webhooks served with it)."""
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    _leaf(directory, stem, _name(common_name), ExtendedKeyUsageOID.SERVER_AUTH, sans)
 
 
 def _leaf(

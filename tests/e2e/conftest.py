@@ -39,11 +39,11 @@ def crds(kubectl: Kubectl) -> None:
 @pytest.fixture(scope="module")
 def start_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ControlPlane]]:
     """Starts control planes of a module's own (isolated from the session's operator), with the
-    CRDs installed; all stop when the module ends."""
+    CRDs installed (and Kueue with kueue=True); all stop when the module ends."""
     planes: list[ControlPlane] = []
 
-    def start(name: str, nodes: int = 2) -> ControlPlane:
-        plane = ControlPlane(tmp_path_factory.mktemp(name), nodes=nodes)
+    def start(name: str, nodes: int = 2, kueue: bool = False) -> ControlPlane:
+        plane = ControlPlane(tmp_path_factory.mktemp(name), nodes=nodes, kueue=kueue)
         plane.start()
         planes.append(plane)
         Kubectl(plane.kubeconfig)("apply", "--server-side", "-f", str(REPO / "crds"))
@@ -87,7 +87,7 @@ class OperatorProcess:
                 "nofx.cli",
                 "operator",
                 "--kubeconfig",
-                str(self.control_plane.kubeconfig),
+                str(self.kubeconfig),
                 "--metrics-port",
                 str(self.metrics_port),
                 "--health-port",

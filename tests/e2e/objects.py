@@ -56,3 +56,64 @@ def steps_by_name(run_body: dict[str, Any]) -> dict[str, dict[str, Any]]:
         s["name"] + ("" if s.get("index") is None else f"[{s['index']}]"): s
         for s in run_body["status"]["steps"]
     }
+
+
+# --- Kueue: one ResourceFlavor, ClusterQueues with a quota of steps, LocalQueues ---------------
+
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
+FLAVOR = "default-flavor"
+
+
+def resource_flavor(name: str = FLAVOR) -> dict[str, Any]:
+    return {"apiVersion": KUEUE_API, "kind": "ResourceFlavor", "metadata": {"name": name}}
+
+
+def cluster_queue(
+    name: str,
+    quotas: dict[str, str],
+    cohort: str | None = None,
+    borrowing: dict[str, str] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A ClusterQueue of every namespace with one flavor, these nominal quotas and, in a
+    cohort, these borrowing limits."""
+    body: dict[str, Any] = {
+        "namespaceSelector": {},
+        "resourceGroups": [
+            {
+                "coveredResources": list(quotas),
+                "flavors": [
+                    {
+                        "name": FLAVOR,
+                        "resources": [
+                            {"name": resource, "nominalQuota": quota}
+                            | (
+                                {"borrowingLimit": borrowing[resource]}
+                                if resource in (borrowing or {})
+                                else {}
+                            )
+                            for resource, quota in quotas.items()
+                        ],
+                    }
+                ],
+            }
+        ],
+        **spec,
+    }
+    if cohort:
+        body["cohortName"] = cohort
+    return {
+        "apiVersion": KUEUE_API,
+        "kind": "ClusterQueue",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def local_queue(name: str, cluster_queue_name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": KUEUE_API,
+        "kind": "LocalQueue",
+        "metadata": {"name": name},
+        "spec": {"clusterQueue": cluster_queue_name},
+    }

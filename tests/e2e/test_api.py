@@ -36,6 +36,7 @@ def test_every_sample_applies_and_kubectl_get_nofx_lists_them(
         "PROGRESS",
         "TEMPLATE",
         "ACCOUNT",
+        "QUEUE",
         "AGE",
     ]
     assert kubectl("get", "nxr", "-n", namespace, "-o", "name").split() == [

@@ -18,7 +18,7 @@ from nofx_dev.controlplane import ControlPlane
 from nofx_dev.tools import tool_path
 
 from ..conftest import Kubectl
-from . import test_runs
+from . import test_runs, test_true_answers
 from .conftest import REPO, OperatorProcess
 
 CHART = REPO / "charts" / "nofx"
@@ -250,7 +250,7 @@ def can_i(
 def test_rbac_grants_no_more_than_needed(installed: Kubectl) -> None:
     for verb, resource in [("create", "jobs.batch"), ("delete", "jobs.batch"), ("list", "pods"),
                            ("patch", "runs.nofx.dev/status"), ("create", "runs.nofx.dev"),
-                           ("watch", "agents.nofx.dev"), ("create", "events"),
+                           ("watch", "agents.nofx.dev"), ("create", "events"), ("list", "events"),
                            ("watch", "schedules.nofx.dev")]:  # fmt: skip
         assert can_i(installed, verb, resource), f"the operator cannot {verb} {resource}"
     for verb, resource in [("get", "secrets"), ("list", "secrets"), ("create", "pods"),
@@ -279,7 +279,9 @@ def operator_as_the_chart(
         "users": [{"name": "sa", "user": {"token": token}}],
         "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa"}}],
     }))  # fmt: skip
-    operator = OperatorProcess(plane, folder, "--peering-lifetime", "5", kubeconfig=kubeconfig)
+    operator = OperatorProcess(
+        plane, folder, "--peering-lifetime", "5", "--pod-create-timeout=15", kubeconfig=kubeconfig
+    )
     operator.start()
     try:
         yield operator
@@ -298,6 +300,8 @@ SCENARIOS: list[Any] = [
     test_runs.test_child_run_step_starts_a_run_and_waits_for_it,
     test_runs.test_ttl_deletes_finished_run_with_its_jobs,
     test_runs.test_template_created_after_the_run,
+    # Reads the Job controller's FailedCreate Events: the chart must let it list Events.
+    test_true_answers.test_a_job_that_cannot_create_its_pod_says_why_then_fails_in_bounded_time,
 ]
 
 
@@ -310,9 +314,12 @@ def test_core_scenarios_pass_under_the_chart_rbac(
     namespace = f"rbac-{uuid.uuid4().hex[:8]}"
     installed("create", "namespace", namespace)
     installed("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    # The chart's nofx-agent-access policy: the Pod-less scenario's Agent names a missing one.
+    installed("annotate", "namespace", namespace, "nofx.dev/agent-service-accounts=nobody-made-me")
     scenario(operator_as_the_chart, installed, namespace)
-    log = operator_as_the_chart.log_path.read_text().lower()
-    assert "forbidden" not in log, "the operator was refused something"
+    # A 403 the operator got (not a step's message that quotes the Job controller's).
+    log = operator_as_the_chart.log_path.read_text()
+    assert "ForbiddenException" not in log, "the operator was refused something"
 
 
 def cluster_role_rules(documents: str) -> list[dict[str, Any]]:
@@ -345,6 +352,38 @@ def rendered_objects(*values: str) -> dict[tuple[str, str], dict[str, Any]]:
         "--set", "region=eu-west", *values,
     ).stdout  # fmt: skip
     return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(documents) if d}
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaces"])
+def test_kueue_enabled_adds_the_flag_and_reading_workloads_only(scope: str) -> None:
+    values = ["--set", f"rbac.scope={scope}", "--set", "rbac.namespaces={team-a}"]
+
+    def kueue_rules(objects: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            rule
+            for (kind, _), document in objects.items()
+            if kind in ("ClusterRole", "Role")
+            for rule in document["rules"]
+            if "kueue.x-k8s.io" in rule["apiGroups"]
+        ]
+
+    def args(objects: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+        return list(
+            objects[("Deployment", RELEASE)]["spec"]["template"]["spec"]["containers"][0]["args"]
+        )
+
+    off = rendered_objects(*values)
+    assert not kueue_rules(off)
+    assert "--kueue" not in args(off)
+    on = rendered_objects(*values, "--set", "kueue.enabled=true")
+    assert kueue_rules(on) == [
+        {
+            "apiGroups": ["kueue.x-k8s.io"],
+            "resources": ["workloads"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    assert "--kueue" in args(on)
 
 
 def test_account_budgets_are_off_by_default_and_read_from_the_release_namespace() -> None:

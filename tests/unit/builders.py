@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nofx.api import AgentSpec, RunSpec, RunStatus, StepStatus, TemplateSpec
-from nofx.api.run import TERMINAL_RUN_PHASES, TERMINAL_STEP_PHASES
+from nofx.api.run import STARTED_STEP_PHASES, TERMINAL_RUN_PHASES, TERMINAL_STEP_PHASES
 from nofx.planner.decide import decide
 from nofx.planner.facts import (
+    Admission,
     ChildRunObservation,
     Decision,
     JobObservation,
@@ -108,13 +109,16 @@ def child_templates(plan: TemplateSpec | None) -> dict[str, TemplateSpec | None]
 
 # --- the order steps move in ----------------------------------------------------------------
 
-RANK = {"Pending": 0, "Waiting": 1, "Running": 2} | dict.fromkeys(TERMINAL_STEP_PHASES, 3)
+RANK = {"Pending": 0, "Waiting": 1, "Queued": 2, "Running": 2} | dict.fromkeys(
+    TERMINAL_STEP_PHASES, 3
+)
 
 
 def check_moves(old: RunStatus, new: RunStatus) -> None:
     """Fails if any step of `new` moved backwards from `old`: phases only go Pending → Waiting →
-    Running → terminal; Running → Waiting only to wait for a retry, and Waiting → Running of a
-    started step only with a new attempt. Attempts never decrease, entries never vanish, a
+    Queued/Running → terminal (Queued ↔ Running as Kueue admits and evicts); Running → Waiting
+    only to wait for a retry, and Waiting → Queued/Running of a started step only with a new
+    attempt. Attempts never decrease, entries never vanish, a
     terminal step or Run never changes phase."""
     if old.phase in TERMINAL_RUN_PHASES:
         assert new.phase == old.phase, f"Run left {old.phase} for {new.phase}"
@@ -130,9 +134,9 @@ def check_moves(old: RunStatus, new: RunStatus) -> None:
         if was.phase in TERMINAL_STEP_PHASES:
             assert now.phase == was.phase, label
         elif RANK[now.phase] < RANK[was.phase]:
-            assert was.phase == "Running" and now.phase == "Waiting", label
+            assert was.phase in STARTED_STEP_PHASES and now.phase == "Waiting", label
             assert now.next_attempt_at is not None, label
-        if was.phase == "Waiting" and now.phase == "Running" and was.attempts:
+        if was.phase == "Waiting" and now.phase in STARTED_STEP_PHASES and was.attempts:
             assert (now.attempts or 0) > was.attempts, label
 
 
@@ -191,13 +195,16 @@ class Sim:
         for request in decision.create_jobs:
             assert request.job_name not in jobs, f"Job {request.job_name} requested twice"
             self.created_jobs.append(request.job_name)
+            # A Job of a queue is created suspended: it starts when Kueue admits it (admit()).
             jobs[request.job_name] = JobObservation(
                 name=request.job_name,
                 step=request.step,
                 index=request.index,
                 attempt=request.attempt,
                 state="Active",
-                started_at=self.now,
+                started_at=None if request.queue_name else self.now,
+                queue_name=request.queue_name,
+                suspended=bool(request.queue_name),
             )
         for name in decision.delete_jobs:
             jobs.pop(name, None)
@@ -290,6 +297,18 @@ class Sim:
         children = dict(self.world.child_runs)
         children[child_name] = ChildRunObservation(child_name, phase, outputs, message)
         self.world = replace(self.world, child_runs=children)
+
+    def queue(self, name: str, admission: Admission, index: int | None = None) -> None:
+        """What Kueue's Workload says of the step's current Job; admitted resumes the Job (its
+        Pod starts at once), not admitted suspends it again (an eviction, if it ran)."""
+        job = self.job(name, index)
+        if admission.admitted:
+            job = replace(job, suspended=False, started_at=self.now, pods_started=True)
+        else:
+            job = replace(job, suspended=True)
+        jobs = dict(self.world.jobs)
+        jobs[job.name] = replace(job, admission=admission)
+        self.world = replace(self.world, jobs=jobs)
 
     def active_jobs(self) -> list[str]:
         return sorted(name for name, job in self.world.jobs.items() if job.state == "Active")

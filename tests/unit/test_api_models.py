@@ -217,6 +217,7 @@ def test_kinds_are_discoverable_with_kubectl() -> None:
         ".status.progress",
         ".spec.templateRef.name",
         ".status.account",
+        ".status.queueName",
         ".metadata.creationTimestamp",
     ]
 

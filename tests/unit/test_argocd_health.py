@@ -78,6 +78,10 @@ def run(phase: str | None = None, suspend: bool = False, **status: Any) -> dict[
             ("Suspended", "2/5 steps: the Run is suspended"),
         ),
         (
+            run("Queued", progress="1/3", message="step b: attempt 1 queued in LocalQueue q: no"),
+            ("Progressing", "1/3 steps: step b: attempt 1 queued in LocalQueue q: no"),
+        ),
+        (
             run("WaitingApproval", progress="3/5", message="step release waits for approval"),
             ("Suspended", "3/5 steps: step release waits for approval"),
         ),
@@ -105,6 +109,7 @@ def run(phase: str | None = None, suspend: bool = False, **status: Any) -> dict[
         "pending-account-budget",
         "running",
         "running-suspended",
+        "queued",
         "waiting-approval",
         "succeeded",
         "failed",

@@ -245,6 +245,7 @@ def test_dashboard_queries_name_metrics_the_operator_exposes() -> None:
         "nofx_reconcile_duration_seconds_bucket",
         "nofx_run_first_job_latency_seconds_bucket",
         "nofx_step_next_job_latency_seconds_bucket",
+        "nofx_step_queue_seconds_bucket",
         "nofx_mirror_lag_seconds_bucket",
         "nofx_mirror_pending_age_seconds",
         "nofx_mirror_events_total",

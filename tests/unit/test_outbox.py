@@ -143,6 +143,17 @@ def test_an_approved_steps_first_start_is_its_approvers_doing() -> None:
     ]
 
 
+def test_an_approved_queued_steps_start_is_when_it_is_queued_not_admitted() -> None:
+    queued = Transition("publish", None, 1, "Waiting", "Queued", "StepQueued", "queued")
+    admitted = Transition("publish", None, 1, "Queued", "Running", "StepStarted", "admitted")
+    evicted = Transition("publish", None, 1, "Running", "Queued", "StepQueued", "evicted")
+    assert actors(queued, admitted, evicted, approvers={"publish": "carol"}) == [
+        "carol",
+        "nofx-operator",
+        "nofx-operator",
+    ]
+
+
 def test_a_scheduled_runs_start_is_its_schedules_doing() -> None:
     owned = {
         "ownerReferences": [

@@ -84,7 +84,14 @@ capabilities:
   verbs: ["list"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  # list: why a step's Job has no Pod (the Job controller's FailedCreate Events).
+  verbs: ["list", "create", "patch"]
+{{- if .Values.kueue.enabled }}
+# Why a step is Queued: Kueue's Workload of its Job says (admitted, or insufficient quota ...).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
 {{- end -}}
 
 {{/* Whether the cluster serves MutatingAdmissionPolicy v1 (Kubernetes 1.36 and later). */}}

@@ -44,7 +44,8 @@ end
 if (phase == "Running" and suspended) or held then
   -- A suspended Run keeps phase Running but starts nothing new until a person resumes it.
   hs.status = "Suspended"
-elseif phase == "Pending" or phase == "Running" then
+elseif phase == "Pending" or phase == "Queued" or phase == "Running" then
+  -- Queued: its steps wait for Kueue; the message is Kueue's (e.g. insufficient quota).
   hs.status = "Progressing"
 elseif phase == "WaitingApproval" then
   -- Waits for a person (spec.approvals), like a suspended Argo Workflow.

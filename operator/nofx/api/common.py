@@ -60,6 +60,8 @@ Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=DN
 StepName = Annotated[str, Field(min_length=1, max_length=MAX_STEP_NAME_LENGTH, pattern=DNS_LABEL)]
 Identifier = Annotated[str, Field(min_length=1, max_length=63, pattern=IDENTIFIER)]
 Tag = Annotated[str, Field(min_length=1, max_length=128, pattern=TAG)]
+# A Kueue LocalQueue's name, which step Jobs carry as a label value (63 characters at most).
+QueueName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_SUBDOMAIN)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
 ShortText = Annotated[str, Field(max_length=MAX_SHORT_TEXT_LENGTH)]
 # A string that may contain `{{ ... }}` expressions (see nofx.templating).

@@ -13,6 +13,7 @@ class Reason(StrEnum):
     TEMPLATE_INVALID = "TemplateInvalid"
     AGENT_MISSING = "AgentMissing"
     ACCOUNT_MISMATCH = "AccountMismatch"  # spec.account is not its namespace's account
+    QUEUEING_DISABLED = "QueueingDisabled"  # a Kueue queue is named; the operator runs without
     INVALID_SPEC = "InvalidSpec"  # the spec does not validate (should have been refused)
     INCONSISTENT_STATUS = "InconsistentStatus"  # status edited by someone else than the operator
     STATUS_TOO_LARGE = "StatusTooLarge"  # the API server refused the status as too large
@@ -38,6 +39,10 @@ class Reason(StrEnum):
     CACHED = "Cached"
     # The Run asks for cached steps, but the operator has no Postgres mirror to keep them in.
     CACHE_UNAVAILABLE = "CacheUnavailable"
+    # Why a step is Queued (its Job exists, suspended until Kueue admits it).
+    QUEUED = "Queued"  # waits for quota in its queue (Kueue's message says which)
+    QUEUE_INADMISSIBLE = "QueueInadmissible"  # its LocalQueue or ClusterQueue is missing/inactive
+    EVICTED = "Evicted"  # Kueue took the admission back (preemption ...); waits to be readmitted
     # Why a step was skipped.
     UPSTREAM_FAILED = "UpstreamFailed"  # a step it depends on did not succeed
     WHEN_NOT_MET = "WhenNotMet"  # its `when` expressions are false

@@ -19,6 +19,7 @@ from nofx.api.common import (
     LocalObjectReference,
     Name,
     PrinterColumn,
+    QueueName,
     Resource,
     ShortText,
     SpecHash,
@@ -42,8 +43,14 @@ from nofx.api.template import (
     json_type,
 )
 
-RunPhase = Literal["Pending", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled"]
-StepPhase = Literal["Pending", "Waiting", "Running", "Succeeded", "Failed", "Skipped", "Cancelled"]
+RunPhase = Literal[
+    "Pending", "Queued", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled"
+]
+StepPhase = Literal[
+    "Pending", "Waiting", "Queued", "Running", "Succeeded", "Failed", "Skipped", "Cancelled"
+]
+# A step attempt whose Job exists: Queued while Kueue has not admitted it, then Running.
+STARTED_STEP_PHASES = frozenset({"Queued", "Running"})
 TERMINAL_RUN_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
 TERMINAL_STEP_PHASES = frozenset({"Succeeded", "Failed", "Skipped", "Cancelled"})
 
@@ -165,6 +172,12 @@ class RunSpec(ApiModel):
         "nofx.dev/account, else the namespace's name), which is also the default. The Run is "
         "charged to status.account.",
     )
+    queue_name: QueueName | None = Field(
+        default=None,
+        description="Kueue LocalQueue in the Run's namespace that admits its step Jobs; "
+        "default: the Template's queueName, then the namespace's label nofx.dev/queue-name. "
+        "Unset everywhere: the steps are not queued. The result is status.queueName.",
+    )
 
     def inline_template(self) -> TemplateSpec | None:
         """The inline plan as a TemplateSpec, or None when the Run refers to a Template."""
@@ -231,8 +244,8 @@ class StepStatus(ApiModel):
 
     name: StepName = Field(description="Name of the step.")
     phase: StepPhase = Field(
-        description="Pending, Waiting (for approval or retry backoff), Running, Succeeded, "
-        "Failed, Skipped or Cancelled."
+        description="Pending, Waiting (for approval or retry backoff), Queued (its Job waits "
+        "for Kueue's admission), Running, Succeeded, Failed, Skipped or Cancelled."
     )
     reason: str | None = Field(
         default=None,
@@ -326,7 +339,8 @@ class RunStatus(ApiModel):
 
     phase: RunPhase | None = Field(
         default=None,
-        description="Pending, Running, WaitingApproval, Succeeded, Failed or Cancelled.",
+        description="Pending, Queued (steps wait for Kueue, none runs), Running, "
+        "WaitingApproval, Succeeded, Failed or Cancelled.",
     )
     conditions: Conditions | None = Field(
         default=None,
@@ -353,6 +367,11 @@ class RunStatus(ApiModel):
         "pinned when the operator first saw the Run (relabelling the namespace later changes "
         "nothing).",
     )
+    queue_name: QueueName | None = Field(
+        default=None,
+        description="Kueue LocalQueue of the Run's step Jobs, resolved when the Run started "
+        "(spec, Template, namespace label); unset: not queued.",
+    )
     usage: Usage | None = Field(default=None, description="Metered usage for billing.")
     outputs: dict[str, Any] | None = Field(
         default=None, max_length=32, description="Results of the plan, once it finished."
@@ -378,6 +397,7 @@ class Run(Resource):
             PrinterColumn("Progress", ".status.progress", "Finished steps of all steps."),
             PrinterColumn("Template", ".spec.templateRef.name", "Template the Run executes."),
             PrinterColumn("Account", ".status.account", "Account the Run is billed to."),
+            PrinterColumn("Queue", ".status.queueName", "Kueue LocalQueue of its step Jobs."),
             AGE_COLUMN,
         ),
         selectable_fields=(".spec.templateRef.name", ".status.phase"),

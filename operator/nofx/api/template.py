@@ -21,6 +21,7 @@ from nofx.api.common import (
     KindInfo,
     LocalObjectReference,
     PrinterColumn,
+    QueueName,
     Resource,
     ShortText,
     SpecHash,
@@ -308,6 +309,11 @@ class TemplateSpec(ApiModel):
         default=None, description='Time limit of a whole Run, e.g. "1h"; at most 720h (30 days).'
     )
     outputs: Outputs | None = Field(default=None, description="Results of the plan.")
+    queue_name: QueueName | None = Field(
+        default=None,
+        description="Kueue LocalQueue (in the Run's namespace) that admits the step Jobs of "
+        "this Template's Runs, unless a Run names its own.",
+    )
     budget: Budget | None = Field(
         default=None, description="Most a Run of this plan may cost; a Run's budget overrides it."
     )

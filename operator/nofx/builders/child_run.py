@@ -19,7 +19,15 @@ from nofx.planner.facts import ChildRunRequest, RunView
 
 
 def build_child_run(parent: RunView, account: str, request: ChildRunRequest) -> dict[str, Any]:
-    """account: the parent's pinned account (the API server refuses any other)."""
+    """account: the parent's pinned account (the API server refuses any other). A child Run
+    is queued where its parent is: it names the parent's queue, whatever its Template says."""
+    spec: dict[str, Any] = {
+        "templateRef": {"name": request.template},
+        "parameters": request.parameters,
+        "account": account,
+    }
+    if request.queue_name:
+        spec["queueName"] = request.queue_name
     return {
         "apiVersion": API_VERSION,
         "kind": "Run",
@@ -35,9 +43,5 @@ def build_child_run(parent: RunView, account: str, request: ChildRunRequest) -> 
             },
             "ownerReferences": [owner_reference(parent.name, parent.uid)],
         },
-        "spec": {
-            "templateRef": {"name": request.template},
-            "parameters": request.parameters,
-            "account": account,
-        },
+        "spec": spec,
     }

@@ -13,6 +13,7 @@ from nofx.builders.labels import (
     ATTEMPT_LABEL,
     INDEX_LABEL,
     MANAGED_BY,
+    QUEUE_LABEL,
     RUN_LABEL,
     STEP_LABEL,
     label_value,
@@ -47,6 +48,8 @@ def build_job(run: RunRef, request: JobRequest) -> dict[str, Any]:
     if request.index is not None:
         labels[INDEX_LABEL] = str(request.index)
     pod_labels = {**(agent.pod_labels or {}), **labels}
+    if request.queue_name:
+        labels[QUEUE_LABEL] = request.queue_name
     spec: dict[str, Any] = {
         "backoffLimit": 0,  # retries are the operator's: each attempt is its own audited Job
         "template": {
@@ -54,6 +57,10 @@ def build_job(run: RunRef, request: JobRequest) -> dict[str, Any]:
             "spec": _pod_spec(run, request),
         },
     }
+    if request.queue_name:
+        # Suspended until Kueue admits it; resuming resets the Job's startTime, so
+        # activeDeadlineSeconds (the step's timeout) counts from admission.
+        spec["suspend"] = True
     if request.timeout_seconds:
         spec["activeDeadlineSeconds"] = request.timeout_seconds
     return {

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from nofx.builders.job import CONTAINER_NAME
-from nofx.builders.labels import ATTEMPT_LABEL, INDEX_LABEL, STEP_LABEL
+from nofx.builders.labels import ATTEMPT_LABEL, INDEX_LABEL, QUEUE_LABEL, STEP_LABEL
 from nofx.planner.facts import JobObservation, JobState
 
 
@@ -35,10 +35,12 @@ def observe_job(job: dict[str, Any]) -> JobObservation:
         state=state,
         reason=reason,
         message=message,
-        started_at=_time(status.get("startTime")),
-        finished_at=_time(status.get("completionTime")),
-        created_at=_time(job["metadata"].get("creationTimestamp")),
+        started_at=parse_time(status.get("startTime")),
+        finished_at=parse_time(status.get("completionTime")),
+        created_at=parse_time(job["metadata"].get("creationTimestamp")),
         pods_started=any(status.get(count) for count in pods) or state != "Active",
+        queue_name=labels.get(QUEUE_LABEL),
+        suspended=bool((job.get("spec") or {}).get("suspend")),
     )
 
 
@@ -57,13 +59,13 @@ def with_pod(observation: JobObservation, pod: dict[str, Any] | None) -> JobObse
             pod_read=True,
             termination_message=terminated.get("message"),
             exit_code=terminated.get("exitCode"),
-            started_at=_time(terminated.get("startedAt")) or observation.started_at,
-            finished_at=_time(terminated.get("finishedAt")) or observation.finished_at,
+            started_at=parse_time(terminated.get("startedAt")) or observation.started_at,
+            finished_at=parse_time(terminated.get("finishedAt")) or observation.finished_at,
         )
     return observation
 
 
-def _time(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00"))

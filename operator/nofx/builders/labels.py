@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from nofx.api import accounts
+from nofx.api import accounts, queues
 
 RUN_LABEL = "nofx.dev/run"
 STEP_LABEL = "nofx.dev/step"
@@ -17,6 +17,7 @@ INDEX_LABEL = "nofx.dev/index"
 PARENT_LABEL = "nofx.dev/parent-run"
 ROOT_LABEL = "nofx.dev/root-run"  # uid of the Run at the root of a tree of child Runs
 DEPTH_LABEL = "nofx.dev/depth"  # how many parents a child Run has
+QUEUE_LABEL = queues.KUEUE_QUEUE_LABEL  # the LocalQueue that admits a step Job
 MANAGED_BY = {"app.kubernetes.io/managed-by": "nofx-operator"}
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 

@@ -58,6 +58,13 @@ def add(commands: Any) -> None:
         "before the attempt fails",
     )
     operator.add_argument(
+        "--kueue",
+        action="store_true",
+        help="step Jobs of Runs that name a Kueue LocalQueue (spec.queueName, the Template's, "
+        "or the namespace's label nofx.dev/queue-name) are created suspended for Kueue to "
+        "admit; needs Kueue installed and RBAC to read its Workloads",
+    )
+    operator.add_argument(
         "--account-budgets-namespace",
         help="read accounts' monthly budgets from the ConfigMaps labelled "
         "nofx.dev/account-budget in this namespace (the operator's own: tenants must not "
@@ -114,6 +121,7 @@ def _operator(args: argparse.Namespace) -> int:
             max_child_run_depth=args.max_child_run_depth,
             max_child_runs=args.max_child_runs,
             pod_create_timeout=args.pod_create_timeout,
+            kueue=args.kueue,
             account_budgets_namespace=args.account_budgets_namespace,
             account_budgets_interval=args.account_budgets_interval,
         )

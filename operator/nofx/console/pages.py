@@ -19,7 +19,7 @@ from nofx.console.cluster import Cluster
 from nofx.mirror.store import Store
 
 PAGE_SIZES = (20, 50, 100)
-RUN_PHASES = ("Pending", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled")
+RUN_PHASES = ("Pending", "Queued", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled")
 USAGE_DAYS = 30  # the usage page's default period
 
 

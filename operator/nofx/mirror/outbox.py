@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from nofx.api.identity import changed_by, created_by
-from nofx.api.run import AuditOutbox, RunStatus
+from nofx.api.run import STARTED_STEP_PHASES, AuditOutbox, RunStatus
 from nofx.api.schedule import schedule_of
 from nofx.changes import AttemptFinished, TokensUsed, Transition
 from nofx.mirror.chain import stream_name
@@ -131,8 +131,13 @@ def actor_of(
         return f"schedule/{schedule} via {creator}" if creator else f"schedule/{schedule}"
     if change.step is None and change.to_phase == "Cancelled":
         return changed_by(metadata)
+    # A queued step starts when it becomes Queued (its Job exists); Queued ↔ Running later is
+    # Kueue admitting and evicting it, not the start.
     first_start = (
-        change.index is None and change.to_phase == "Running" and change.attempt in (None, 1)
+        change.index is None
+        and change.to_phase in STARTED_STEP_PHASES
+        and change.from_phase not in STARTED_STEP_PHASES
+        and change.attempt in (None, 1)
     )
     if change.step is not None and change.step in approvers and first_start:
         return approvers[change.step]

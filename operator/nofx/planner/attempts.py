@@ -3,7 +3,7 @@ backoff, give up; and watch a Job that cannot create its Pod."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from nofx.api.common import parse_duration
@@ -24,6 +24,8 @@ from nofx.planner.state import RunState
 # attempt.
 POD_START_CHECK = timedelta(seconds=5)
 MINUTE = timedelta(minutes=1)
+# Kueue makes a Workload for a queued Job within a second; none after this long is news.
+NO_WORKLOAD = timedelta(seconds=30)
 
 
 def start_attempt(
@@ -60,6 +62,7 @@ def start_attempt(
         return
     attempt = (entry.attempts or 0) + 1
     name = job_name(state.run.name, state.run.uid, step.name, entry.index, attempt)
+    queue = state.status.queue_name
     # A Job seen already was created before a crash that kept this status from being
     # written: it is this attempt, to be read (below), not created again.
     if name not in state.world.jobs:
@@ -74,17 +77,22 @@ def start_attempt(
                 item=item,
                 timeout_seconds=timeout_seconds(step.timeout),
                 job_name=name,
+                queue_name=queue,
             )
         )
-    # A look at the Job soon: one that cannot create its Pod sends no event that says so.
-    state.decision.wake_no_later_than(state.now + POD_START_CHECK)
-    entry.phase = "Running"
-    entry.reason = None
     entry.attempts = attempt
     entry.job_name = name
     entry.started_at = entry.started_at or state.now
     entry.next_attempt_at = None
-    entry.message = f"attempt {attempt} running as Job {name}"
+    if queue:
+        # Kueue's Workload events tell when it is admitted, or why not.
+        entry.phase, entry.reason = "Queued", Reason.QUEUED
+        entry.message = f"attempt {attempt} queued in LocalQueue {queue} as Job {name}"
+    else:
+        # A look at the Job soon: one that cannot create its Pod sends no event that says so.
+        state.decision.wake_no_later_than(state.now + POD_START_CHECK)
+        entry.phase, entry.reason = "Running", None
+        entry.message = f"attempt {attempt} running as Job {name}"
     if name in state.world.jobs:
         advance_attempt(state, step, entry, context, item)  # it may have finished already
 
@@ -102,6 +110,11 @@ def advance_attempt(
     if observation is None:
         return
     attempt = entry.attempts or 0
+    if observation.queued:
+        _queued(state, entry, observation)
+        return
+    if entry.phase == "Queued":  # admitted since the last look (and maybe finished already)
+        _admitted(state, entry, observation)
     if observation.state == "Active":
         failure = _pod_start_failure(state, entry, observation)
         if failure is None:
@@ -169,14 +182,65 @@ def _reported_tokens(
     return outputs, tokens.price(usage, agent.pricing if agent else None, agent_name)
 
 
+def _queued(state: RunState, entry: StepStatus, job: JobObservation) -> None:
+    """A suspended Job of a queue: not admitted yet, or evicted; Kueue's Workload says why.
+    Without a Workload for long, Kueue is not there (or does not manage Jobs): say so."""
+    admission = job.admission
+    entry.phase = "Queued"
+    entry.reason = Reason.QUEUED
+    why = "waiting for Kueue's Workload"
+    if admission is None and job.created_at is not None:
+        if state.now - job.created_at >= NO_WORKLOAD:
+            why = (
+                f"Kueue made no Workload for it in {NO_WORKLOAD.total_seconds():.0f}s: is Kueue "
+                "running, and does it manage batch/job?"
+            )
+        else:
+            state.decision.wake_no_later_than(job.created_at + NO_WORKLOAD)
+    if admission is not None:
+        if admission.evicted:
+            entry.reason = Reason.EVICTED
+        elif admission.reason == "Inadmissible":  # its LocalQueue or ClusterQueue is missing
+            entry.reason = Reason.QUEUE_INADMISSIBLE
+        why = admission.message or admission.reason or "waiting for admission"
+    if entry.reason == Reason.EVICTED:
+        text = f"attempt {entry.attempts} evicted by Kueue, queued again in LocalQueue"
+    else:
+        text = f"attempt {entry.attempts} queued in LocalQueue"
+    entry.message = bounded(f"{text} {job.queue_name} as Job {job.name}: {why}")
+
+
+def _admitted(state: RunState, entry: StepStatus, job: JobObservation) -> None:
+    first = entry.reason != Reason.EVICTED
+    admitted_at = (job.admission.admitted_at if job.admission else None) or job.started_at
+    if first and job.created_at is not None and admitted_at is not None:
+        wait = (admitted_at - job.created_at).total_seconds()
+        state.decision.queue_waits.append(max(0.0, wait))
+    entry.phase, entry.reason = "Running", None
+    by = job.admission.cluster_queue if job.admission else None
+    admitted = f", admitted by ClusterQueue {by}" if by else ""
+    entry.message = f"attempt {entry.attempts} running as Job {job.name}{admitted}"
+
+
+def _pod_clock_start(job: JobObservation) -> datetime | None:
+    """Since when a Job should have had its Pod: its creation, or for a queued Job its
+    admission (the Job controller resets startTime when it resumes a suspended Job)."""
+    return job.started_at if job.queue_name else job.created_at
+
+
 def _pod_start_failure(state: RunState, entry: StepStatus, job: JobObservation) -> str | None:
     """Watches a Job that has no Pod yet: says why in the step's message, and gives up
     (returns why) once it had an error for too long."""
-    if job.pods_started or job.created_at is None:
+    since = _pod_clock_start(job)
+    if job.pods_started:
         return None
-    age = state.now - job.created_at
+    if since is None:
+        if job.queue_name:  # just admitted: the Job controller has not resumed it yet
+            state.decision.wake_no_later_than(state.now + POD_START_CHECK)
+        return None
+    age = state.now - since
     if age < POD_START_CHECK:
-        state.decision.wake_no_later_than(job.created_at + POD_START_CHECK)
+        state.decision.wake_no_later_than(since + POD_START_CHECK)
         return None
     if job.pod_create_error is None:
         # Only slow (a busy Job controller or scheduler): look again, less and less often.
@@ -187,7 +251,7 @@ def _pod_start_failure(state: RunState, entry: StepStatus, job: JobObservation) 
     if age >= timeout:
         return f"{problem} (for {age.total_seconds():.0f}s)"
     entry.message = bounded(f"attempt {entry.attempts} waits: {problem}")
-    state.decision.wake_no_later_than(job.created_at + timeout)
+    state.decision.wake_no_later_than(since + timeout)
     return None
 
 

@@ -50,6 +50,7 @@ def start_child(state: RunState, step: Step, entry: StepStatus, context: dict[st
             index=entry.index,
             template=step.child_run.template_ref.name,
             parameters=parameters,
+            queue_name=state.status.queue_name,
         )
     )
     entry.phase = "Running"

@@ -21,6 +21,18 @@ JobState = Literal["Active", "Succeeded", "Failed", "Missing"]
 
 
 @dataclass(frozen=True)
+class Admission:
+    """What Kueue says of a queued step Job, from its Workload's conditions."""
+
+    admitted: bool
+    reason: str | None = None  # Kueue's reason why not: Pending, Inadmissible, Preempted ...
+    message: str | None = None  # Kueue's own words, e.g. "... insufficient unused quota ..."
+    evicted: bool = False  # it had been admitted, and Kueue took the admission back
+    cluster_queue: str | None = None  # the ClusterQueue that admitted it
+    admitted_at: datetime | None = None  # when (the Admitted condition's transition)
+
+
+@dataclass(frozen=True)
 class JobObservation:
     """What the operator knows about one step attempt's Job (and, once finished, its Pod)."""
 
@@ -36,6 +48,22 @@ class JobObservation:
     created_at: datetime | None = None
     pods_started: bool = False  # the Job controller created a Pod (it may have ended since)
     pod_create_error: str | None = None  # why it could not, from its FailedCreate Events
+    # Kueue: the LocalQueue the Job names, whether it is suspended (not admitted, or evicted),
+    # and what its Workload says (None: no Workload seen yet).
+    queue_name: str | None = None
+    suspended: bool = False
+    admission: Admission | None = None
+
+    @property
+    def queued(self) -> bool:
+        """Waits for Kueue: its Workload says it is not admitted (or was evicted, while its
+        Pod stops); before there is a Workload, its suspension says so."""
+        if self.state != "Active" or not self.queue_name:
+            return False
+        if self.admission is None:
+            return self.suspended
+        return not self.admission.admitted
+
     # From the Pod's agent container, read once when the Job finished:
     pod_read: bool = False  # its terminated state was found: outputs below are what it wrote
     termination_message: str | None = None
@@ -55,6 +83,7 @@ class JobRequest:
     item: Any
     timeout_seconds: int | None
     job_name: str
+    queue_name: str | None = None  # Kueue's LocalQueue: the Job is created suspended, labelled
 
 
 @dataclass(frozen=True)
@@ -64,6 +93,7 @@ class Limits:
     max_depth: int = 5  # how deep child Runs nest; a root Run is at depth 0
     max_runs: int = 500  # child Runs under one root Run, at every depth
     pod_create_timeout: timedelta = timedelta(seconds=60)  # a Job that cannot create its Pod
+    kueue: bool = False  # Kueue admits step Jobs of Runs that name a queue (nofx operator --kueue)
 
 
 @dataclass(frozen=True)
@@ -136,6 +166,8 @@ class World:
     # key not in it has no answer yet.
     cache_enabled: bool = False
     cache_answers: Mapping[str, CacheHit | None] = field(default_factory=dict)
+    # The namespace's default Kueue LocalQueue (its label nofx.dev/queue-name), read until pinned.
+    namespace_queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +177,7 @@ class ChildRunRequest:
     index: int | None
     template: str
     parameters: dict[str, Any]
+    queue_name: str | None = None  # the parent's Kueue LocalQueue: the child is queued there
 
 
 @dataclass
@@ -155,6 +188,8 @@ class Decision:
     create_child_runs: list[ChildRunRequest] = field(default_factory=list)
     cancel_child_runs: list[str] = field(default_factory=list)
     finished_attempts: list[AttemptFinished] = field(default_factory=list)
+    # Seconds from a queued Job's creation to Kueue's first admission of it, per admitted Job.
+    queue_waits: list[float] = field(default_factory=list)
     # (kind, name) the Run waits for: "Template", "Agent" (to exist) or "AgentSlot".
     waiting_for: set[tuple[str, str]] = field(default_factory=set)
     wake_at: datetime | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nofx.api.run import TERMINAL_STEP_PHASES, StepStatus
+from nofx.api.run import STARTED_STEP_PHASES, TERMINAL_STEP_PHASES, StepStatus
 from nofx.api.template import Step
 from nofx.planner import attempts, children, validation
 from nofx.planner.outputs import join_outputs
@@ -42,9 +42,10 @@ def advance_items(state: RunState, step: Step, entry: StepStatus) -> None:
     # First learn what finished, then start items while maxParallel allows; an item waiting
     # for its retry starts again only when there is room, like a new one.
     for item in items:
-        if item.phase == "Running":
+        if item.phase in STARTED_STEP_PHASES:
             _advance_item(state, step, item)
-    running = sum(1 for item in items if item.phase == "Running")
+    # Queued items count: maxParallel bounds the Jobs a step has, admitted or not.
+    running = sum(1 for item in items if item.phase in STARTED_STEP_PHASES)
     for item in items:
         if item.phase not in ("Pending", "Waiting"):
             continue
@@ -54,7 +55,7 @@ def advance_items(state: RunState, step: Step, entry: StepStatus) -> None:
         if step.max_parallel is not None and running >= step.max_parallel:
             continue
         _advance_item(state, step, item)
-        running += item.phase == "Running"
+        running += item.phase in STARTED_STEP_PHASES
     finished = [item for item in items if item.phase in TERMINAL_STEP_PHASES]
     entry.message = f"{len(finished)}/{len(items)} items finished"
     if len(finished) < len(items):

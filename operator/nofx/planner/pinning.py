@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from nofx.api.accounts import ACCOUNT_LABEL
 from nofx.api.agent import AgentSpec
 from nofx.api.common import READY, SUCCEEDED
+from nofx.api.queues import NAMESPACE_QUEUE_LABEL
 from nofx.api.reasons import Reason
 from nofx.api.run import (
     Pinned,
@@ -113,6 +114,21 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
     if problems:
         _cannot_run(status, world, problems)
         return False
+    queue = spec.queue_name or plan.queue_name or world.namespace_queue
+    if queue and not world.limits.kueue:
+        source = (
+            "spec.queueName"
+            if spec.queue_name
+            else "the Template's queueName"
+            if plan.queue_name
+            else f"the namespace's label {NAMESPACE_QUEUE_LABEL}"
+        )
+        message = (
+            f"{source} names the Kueue LocalQueue {queue}, but the operator runs without Kueue: "
+            "start it with --kueue (Helm: kueue.enabled), or name no queue"
+        )
+        pending(status, world.now, Reason.QUEUEING_DISABLED, message)
+        return False
 
     status.pinned = Pinned(
         template=PinnedTemplate(
@@ -125,6 +141,7 @@ def pin(run: RunView, world: World, decision: Decision) -> bool:
         or None,
         parameters=parameters or None,
     )
+    status.queue_name = queue
     status.started_at = world.now
     status.phase = "Running"
     status.message = None

@@ -8,8 +8,9 @@ from typing import Any
 
 from nofx.api.common import SUCCEEDED, parse_duration
 from nofx.api.reasons import Reason
-from nofx.api.run import TERMINAL_STEP_PHASES, StepStatus
+from nofx.api.run import STARTED_STEP_PHASES, TERMINAL_STEP_PHASES, StepStatus
 from nofx.api.template import Step
+from nofx.changes import step_label
 from nofx.planner import attempts, budget, children, fanout, lifetime, stopping, templating
 from nofx.planner.conditions import bounded, finish, set_condition
 from nofx.planner.state import RunState
@@ -67,7 +68,7 @@ def _advance_step(state: RunState, step: Step) -> None:
         return
     if entry.phase == "Pending" or (entry.phase == "Waiting" and not state.started(entry)):
         _try_begin(state, step, entry)
-    if entry.phase in ("Running", "Waiting") and state.started(entry):
+    if entry.phase in (*STARTED_STEP_PHASES, "Waiting") and state.started(entry):
         if step.for_each is not None:
             fanout.advance_items(state, step, entry)
         elif step.child_run is not None:
@@ -159,10 +160,18 @@ def _plan_outputs(state: RunState) -> tuple[dict[str, Any], list[str]]:
 def _running_phase(state: RunState) -> None:
     tops = [e for (_, index), e in state.entries.items() if index is None]
     running = any(e.phase == "Running" for e in tops)
+    queued = [e for e in state.entries.values() if e.phase == "Queued"]
     awaiting = [e.name for e in tops if _awaits_approval(e)]
-    if awaiting and not running:
+    if awaiting and not running and not queued:
         phase, reason = "WaitingApproval", "WaitingApproval"
         message = f"waiting for approval of step {', '.join(awaiting)}"
+    elif queued and not any(_runs_work(e) for e in state.entries.values()):
+        # Nothing runs: every started step waits for Kueue. Inadmissible (a queue that does
+        # not exist) wins the reason, as it needs a person; Kueue's words are in the message.
+        reasons = {e.reason for e in queued}
+        phase = "Queued"
+        reason = next((r for r in _QUEUE_REASONS if r in reasons), Reason.QUEUED)
+        message = "; ".join(f"{step_label(e)}: {e.message}" for e in queued[:3])
     elif state.run.spec.suspend:
         phase, reason, message = "Running", "Suspended", "the Run is suspended"
     else:
@@ -170,6 +179,15 @@ def _running_phase(state: RunState) -> None:
     state.status.phase = phase  # type: ignore[assignment]
     state.status.message = message = bounded(message)
     set_condition(state.status, SUCCEEDED, "Unknown", reason, message, state.now)
+
+
+_QUEUE_REASONS = (Reason.QUEUE_INADMISSIBLE, Reason.EVICTED, Reason.QUEUED)
+
+
+def _runs_work(entry: StepStatus) -> bool:
+    """A Job or child Run of it runs (a forEach step's own entry is Running while its items
+    are, whatever they do)."""
+    return entry.phase == "Running" and bool(entry.job_name or entry.child_run_name)
 
 
 def _awaits_approval(entry: StepStatus) -> bool:

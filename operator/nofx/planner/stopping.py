@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from nofx.api.reasons import Reason
-from nofx.api.run import TERMINAL_RUN_PHASES, RunStatus
+from nofx.api.run import STARTED_STEP_PHASES, TERMINAL_RUN_PHASES, RunStatus
 from nofx.api.template import Step
 from nofx.changes import step_label
 from nofx.planner import lifetime
@@ -15,7 +15,7 @@ from nofx.planner.conditions import end_entry, finish
 from nofx.planner.facts import Decision, RunView
 from nofx.planner.state import RunState
 
-_UNFINISHED_STEP_PHASES = ("Pending", "Waiting", "Running")
+_UNFINISHED_STEP_PHASES = ("Pending", "Waiting", *STARTED_STEP_PHASES)
 
 
 def stop_everything(state: RunState, phase: str, reason: str, message: str) -> None:
@@ -31,7 +31,7 @@ def stop(state: RunState, steps: list[Step], message: str) -> None:
     for (name, _), entry in state.entries.items():
         if name not in names:
             continue
-        if entry.phase == "Running":
+        if entry.phase in STARTED_STEP_PHASES:
             if entry.job_name and entry.job_name not in state.decision.delete_jobs:
                 state.decision.delete_jobs.append(entry.job_name)
             if entry.child_run_name:
@@ -64,7 +64,7 @@ def abort(decision: Decision, now: datetime, reason: Reason, message: str) -> No
     status = decision.status
     stopped = f"stopped: the Run failed ({reason})"  # short: the Run's message says why
     for entry in status.steps or []:
-        if entry.phase == "Running":
+        if entry.phase in STARTED_STEP_PHASES:
             if entry.job_name and entry.job_name not in decision.delete_jobs:
                 decision.delete_jobs.append(entry.job_name)
             if entry.child_run_name:

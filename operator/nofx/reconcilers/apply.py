@@ -150,6 +150,8 @@ def apply(
             )
     for attempt in decision.finished_attempts:
         metrics.count_attempt(run.namespace, attempt)
+    for wait in decision.queue_waits:
+        metrics.STEP_QUEUE_SECONDS.observe(wait)
     metrics.set_run_phase(key, decision.status.phase)
     return decision
 

@@ -11,7 +11,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from nofx.api.agent import AgentSpec
-from nofx.api.run import TERMINAL_STEP_PHASES, AuditOutbox, RunSpec, RunStatus
+from nofx.api.run import (
+    STARTED_STEP_PHASES,
+    TERMINAL_STEP_PHASES,
+    AuditOutbox,
+    RunSpec,
+    RunStatus,
+)
 from nofx.api.template import TemplateSpec
 from nofx.builders.job_status import observe_job, with_pod
 from nofx.builders.labels import DEPTH_LABEL, ROOT_LABEL, label_value
@@ -40,6 +46,12 @@ def observe(indexes: dict[str, Any], key: RunKey, waiters_version: int) -> Obser
     """A consistent copy of the indexes for one Run, taken on the event loop's thread."""
     namespace = key[0]
     jobs = {job.name: job for job in indexes["step_jobs"].get(("run", *key), [])}
+    workloads = indexes.get("workloads_by_job")  # only with Kueue
+    if workloads is not None:
+        for name, job in jobs.items():
+            if job.queue_name:
+                admission = next(iter(workloads.get((namespace, name), [])), None)
+                jobs[name] = replace(job, admission=admission)
     children = {c.name: c for c in indexes["child_runs_by_parent"].get(key, [])}
     agents = {n: spec for n, spec in indexes["agents_by_namespace"].get(namespace, [])}
     templates = dict(indexes["templates_by_namespace"].get(namespace, []))
@@ -73,7 +85,7 @@ def complete_jobs(
             continue
         attempts = entry.attempts or 0
         wanted[job_name(run.name, run.uid, entry.name, entry.index, attempts + 1)] = None
-        if entry.phase == "Running" and entry.job_name:
+        if entry.phase in STARTED_STEP_PHASES and entry.job_name:
             wanted[entry.job_name] = entry.name
     for name, step_of_current in wanted.items():
         job = jobs.get(name)
@@ -117,6 +129,7 @@ def _waits_for_pod(job: JobObservation, now: datetime) -> bool:
     """A Job without a Pod for longer than it normally takes to get one."""
     return (
         not job.pods_started
+        and not job.queued  # Kueue's Workload says why, not the Job controller
         and job.created_at is not None
         and now - job.created_at >= POD_START_CHECK
     )

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from nofx import metrics
-from nofx.api import accounts
+from nofx.api import accounts, queues
 from nofx.api.reasons import Reason
 from nofx.api.run import TERMINAL_RUN_PHASES, RunSpec, RunStatus
 from nofx.api_errors import Conflict
@@ -178,10 +178,12 @@ class RunReconciler:
         jobs = observe.complete_jobs(self.kube, run, observed.jobs, now)
         children = observe.complete_children(self.kube, namespace, old_status, observed.child_runs)
         tree = self.indexes["child_runs_by_root"].get((namespace, run.root_uid), ())
-        namespace_account = None
-        if old_status.account is None and old_status.phase not in TERMINAL_RUN_PHASES:
+        namespace_account = namespace_queue = None
+        unpinned = old_status.account is None or old_status.pinned is None
+        if unpinned and old_status.phase not in TERMINAL_RUN_PHASES:
             labels = self.kube.namespace_labels(namespace)
             namespace_account = accounts.namespace_account(namespace, labels)
+            namespace_queue = queues.namespace_queue(labels)
         account = old_status.account or namespace_account
         account_budget = None
         if self.account_budgets is not None and old_status.pinned is None and account:
@@ -207,6 +209,7 @@ class RunReconciler:
                 limits=self.limits,
                 tree_size=len(tree),
                 namespace_account=namespace_account,
+                namespace_queue=namespace_queue,
                 account_budget=account_budget,
                 cache_enabled=self.step_cache is not None,
                 cache_answers=self.step_cache.answers(key) if self.step_cache else {},

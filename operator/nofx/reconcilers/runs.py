@@ -24,8 +24,10 @@ async def step_jobs(
     namespace: Any, name: Any, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> Any:
     """Every step Job under its Run, ("run", namespace, run) → what the Job shows, and while
-    it is unfinished under its Agent, ("agent", namespace, agent label) → its name. One index
-    rather than two: each is a handler call on every event of every Job."""
+    it is unfinished under its Agent, ("agent", namespace, agent label) → its name; a Job of a
+    Kueue queue also by its name, ("job", namespace, name) → its Run (a Workload names only
+    its Job). One index rather than several: each is a handler call on every event of every
+    Job."""
     job = observe_job(dict(body))
     entries: dict[tuple[str, str, str], Any] = {}
     owner = owning_run(body)
@@ -34,6 +36,8 @@ async def step_jobs(
     agent = labels.get(AGENT_LABEL)
     if agent and job.state == "Active":
         entries[("agent", namespace, agent)] = name
+    if owner and job.queue_name:
+        entries[("job", namespace, name)] = owner
     return entries  # not None: Kopf keeps an object's previous entries when it gets None
 
 
