@@ -45,6 +45,10 @@ class AttemptFinished:
     # A cached step's successful attempt: its cache key and the outputs a later hit reuses.
     cache_key: str | None = None
     outputs: dict[str, Any] | None = None
+    # Kueue: the LocalQueue of its Job, and the seconds from the Job's creation to Kueue's
+    # admission of it (not billed: wall_seconds is the container's own run time).
+    queue: str | None = None
+    queued_seconds: float | None = None
 
     @property
     def token_cost(self) -> Decimal:

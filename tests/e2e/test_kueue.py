@@ -331,21 +331,26 @@ def test_two_accounts_share_a_cohort_within_their_quotas(
     assert {b["status"]["queueName"] for b in bodies} == {"steps"}
     assert {b["status"]["steps"][0]["attempts"] for b in bodies} == {1}
 
-    # Billing charges run time only: each 1 s step is billed about 1 s, however long it queued.
-    def usage() -> list[float]:
+    # Billing charges run time only: each 1 s step is billed about 1 s, however long it queued;
+    # the queue and the wait for admission are recorded beside it.
+    def usage() -> list[tuple[float, str, float]]:
         rows = sql(
             mirror_db,
-            "SELECT wall_seconds FROM usage_records WHERE namespace = ANY(%s)",
+            "SELECT wall_seconds, queue, queued_seconds FROM usage_records"
+            " WHERE namespace = ANY(%s)",
             accounts,
         )
-        return [float(row[0]) for row in rows] if len(rows) == 2 * RUNS_PER_ACCOUNT else []
+        return rows if len(rows) == 2 * RUNS_PER_ACCOUNT else []
 
-    billed = wait_until(usage, 30, "the mirror's usage records of every step")
+    records = wait_until(usage, 30, "the mirror's usage records of every step")
+    billed = [float(wall) for wall, _, _ in records]
     longest = max(
         seconds_between(b["metadata"]["creationTimestamp"], b["status"]["finishedAt"])
         for b in bodies
     )
     assert max(billed) < 2.5 < longest, (billed, longest)
+    assert {queue for _, queue, _ in records} == {"steps"}
+    assert max(float(queued) for _, _, queued in records) > 2.5, "some steps waited for quota"
 
 
 def seconds_between(start: str, end: str) -> float:

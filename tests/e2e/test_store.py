@@ -36,6 +36,7 @@ ALL_MIGRATIONS = [
     "0003_audit_keys",
     "0004_token_usage",
     "0005_step_cache",
+    "0006_usage_queue",
 ]
 MIRRORED = {
     "runs": "region, uid",

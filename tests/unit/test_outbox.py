@@ -76,6 +76,16 @@ def test_entries_become_store_records() -> None:
     )  # fmt: skip
 
 
+def test_a_queued_attempts_queue_and_wait_travel_to_its_record() -> None:
+    status = RunStatus()
+    queued = replace(attempt("a", 1), queue="gold", queued_seconds=42.5)
+    outbox.record(status, [], [queued, attempt("b", 1)], NOW, {})
+    _, [gold, plain] = outbox.to_records(BODY, status.audit.pending or [])  # type: ignore[union-attr]
+    assert (gold.queue, gold.queued_seconds) == ("gold", 42.5)
+    assert (plain.queue, plain.queued_seconds) == (None, None)
+    assert "queue" not in (status.audit.pending or [])[1]  # type: ignore[union-attr]
+
+
 def test_tokens_travel_through_the_outbox_to_the_records_in_decimal() -> None:
     used = (
         TokensUsed("sonnet", 1200, 300, 800, Decimal("0.008940")),

@@ -74,6 +74,27 @@ def test_the_queue_wait_is_from_the_jobs_creation_to_its_first_admission() -> No
     assert sim.decide().queue_waits == []  # readmitted after an eviction: not a first wait
 
 
+def test_a_queued_attempt_is_metered_with_its_queue_and_wait_apart_from_its_run_time() -> None:
+    sim = queued_sim(queueName="gold")
+    sim.decide()
+    sim.set_world(
+        jobs={name: replace(job, created_at=sim.now) for name, job in sim.world.jobs.items()}
+    )
+    sim.tick(42)
+    sim.queue("a", replace(ADMITTED, admitted_at=sim.now))
+    sim.decide()
+    sim.tick(3)
+    sim.succeed("a")
+    [attempt] = sim.decide().finished_attempts
+    assert (attempt.queue, attempt.queued_seconds) == ("gold", 42.0)
+    assert attempt.wall_seconds < 42, "the wait is not billed"
+    plain = Sim(inline(step("a")))
+    plain.decide()
+    plain.succeed("a")
+    [unqueued] = plain.decide().finished_attempts
+    assert (unqueued.queue, unqueued.queued_seconds) == (None, None)
+
+
 # --- the Workload ----------------------------------------------------------------------------
 
 

@@ -139,13 +139,15 @@ def _usage(args: argparse.Namespace) -> int:
         _usage_by_model(rows)
         return 0
     print(
-        f"{'DAY':<11} {'ACCOUNT':<16} {'AGENT':<20} {'ATTEMPTS':>8} {'SECONDS':>10} "
-        f"{'TOKEN COST':>14} {'COST':>14}"
+        f"{'DAY':<11} {'ACCOUNT':<16} {'AGENT':<20} {'QUEUE':<16} {'ATTEMPTS':>8} "
+        f"{'SECONDS':>10} {'QUEUED':>10} {'TOKEN COST':>14} {'COST':>14}"
     )
     for row in rows:
+        queued = row["queued_seconds"]
         print(
-            f"{row['day']!s:<11} {row['account']:<16} {row['agent']:<20} {row['attempts']:>8} "
-            f"{row['wall_seconds']:>10.1f} {_money(row['token_cost']):>14} "
+            f"{row['day']!s:<11} {row['account']:<16} {row['agent']:<20} "
+            f"{row['queue'] or '-':<16} {row['attempts']:>8} {row['wall_seconds']:>10.1f} "
+            f"{'-' if queued is None else f'{queued:.1f}':>10} {_money(row['token_cost']):>14} "
             f"{_money(row['cost']):>14} {row['currency']}"
         )
     return 0

@@ -89,6 +89,11 @@ def record(
                     if attempt.cache_key
                     else {}
                 ),
+                **(
+                    {"queue": attempt.queue, "queuedSeconds": attempt.queued_seconds}
+                    if attempt.queue
+                    else {}
+                ),
             }
         )
     if pending or status.audit is not None:
@@ -166,6 +171,10 @@ def account_of(body: Mapping[str, Any]) -> str:
     return pinned or (body.get("spec") or {}).get("account") or "default"
 
 
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def to_records(
     body: dict[str, Any], pending: list[dict[str, Any]]
 ) -> tuple[list[AuditEvent], list[UsageRecord]]:
@@ -217,6 +226,8 @@ def to_records(
                     tokens=tuple(_token_record(used) for used in entry.get("tokens") or ()),
                     cache_key=(entry.get("cache") or {}).get("key"),
                     outputs=(entry.get("cache") or {}).get("outputs"),
+                    queue=entry.get("queue"),
+                    queued_seconds=_seconds(entry.get("queuedSeconds")),
                 )
             )
     return events, usage

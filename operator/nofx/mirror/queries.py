@@ -59,17 +59,20 @@ def timeline(
 def usage(
     conn: psycopg.Connection[Any], region: str | None, account: str | None, since: datetime
 ) -> list[dict[str, Any]]:
-    """Totals per UTC day, account, agent and currency of the step attempts billed since
-    `since` (of one account, or of all with None): day, account, agent, attempts,
-    wall_seconds, wall_cost, token_cost, cost (the two added up), currency."""
+    """Totals per UTC day, account, agent, Kueue queue and currency of the step attempts billed
+    since `since` (of one account, or of all with None): day, account, agent, queue (None: not
+    queued), attempts, wall_seconds, queued_seconds (waiting for admission, not billed; None
+    if not queued), wall_cost, token_cost, cost (the two added up), currency."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT (billed_at AT TIME ZONE 'UTC')::date AS day, account, agent,"
-            " count(*) AS attempts, sum(wall_seconds) AS wall_seconds, sum(cost) AS wall_cost,"
+            "SELECT (billed_at AT TIME ZONE 'UTC')::date AS day, account, agent, queue,"
+            " count(*) AS attempts, sum(wall_seconds) AS wall_seconds,"
+            " sum(queued_seconds) AS queued_seconds, sum(cost) AS wall_cost,"
             " sum(token_cost) AS token_cost, sum(cost + token_cost) AS cost, currency"
             " FROM usage_records"
             f" WHERE {_USAGE_FILTER}"
-            " GROUP BY day, account, agent, currency ORDER BY day, account, agent, currency",
+            " GROUP BY day, account, agent, queue, currency"
+            " ORDER BY day, account, agent, queue NULLS FIRST, currency",
             _usage_parameters(region, account, since),
         )
         return [unescape_row(row) for row in cur.fetchall()]

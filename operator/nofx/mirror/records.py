@@ -67,6 +67,9 @@ class UsageRecord:
     # A cached step's successful attempt: stored as a cache entry under this key, with outputs.
     cache_key: str | None = None
     outputs: dict[str, Any] | None = None
+    # Kueue: the LocalQueue of its Job and the seconds it waited for admission (not billed).
+    queue: str | None = None
+    queued_seconds: float | None = None
 
     @property
     def token_cost(self) -> Decimal:

@@ -37,12 +37,12 @@ INSERT_USAGE = """
 INSERT INTO usage_records (
     region, run_uid, namespace, run_name, step, item_index, attempt, job_name, account, agent,
     started_at, finished_at, billed_at, wall_seconds, cpu_request, memory_request, cost, currency,
-    outcome, token_cost
+    outcome, token_cost, queue, queued_seconds
 ) VALUES (
     %(region)s, %(run_uid)s, %(namespace)s, %(run_name)s, %(step)s, %(item_index)s, %(attempt)s,
     %(job_name)s, %(account)s, %(agent)s, %(started_at)s, %(finished_at)s, %(billed_at)s,
     %(wall_seconds)s, %(cpu_request)s, %(memory_request)s, %(cost)s, %(currency)s, %(outcome)s,
-    %(token_cost)s
+    %(token_cost)s, %(queue)s, %(queued_seconds)s
 ) ON CONFLICT DO NOTHING
 """
 

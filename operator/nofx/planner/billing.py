@@ -57,10 +57,23 @@ def meter(
         tokens=tuple(tokens),
         cache_key=cache_key,
         outputs=outputs if cache_key else None,
+        queue=observation.queue_name,
+        queued_seconds=queued_seconds(observation),
     )
     usage = state.status.usage or Usage()
     state.status.usage = add_to_usage(usage, finished_attempt, priced=pricing is not None)
     state.decision.finished_attempts.append(finished_attempt)
+
+
+def queued_seconds(job: JobObservation) -> float | None:
+    """How long a queued Job waited for Kueue's admission (its latest, after an eviction, is
+    what the Workload keeps; else its container's start); None for a Job no queue admits."""
+    if not job.queue_name or job.created_at is None:
+        return None
+    admitted_at = (job.admission.admitted_at if job.admission else None) or job.started_at
+    if admitted_at is None:
+        return None
+    return round(max(0.0, (admitted_at - job.created_at).total_seconds()), 3)
 
 
 def add_to_usage(usage: Usage, attempt: AttemptFinished, priced: bool = True) -> Usage:
