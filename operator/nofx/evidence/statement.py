@@ -117,6 +117,12 @@ def _step(entry: Mapping[str, Any], usage_rows: Sequence[Mapping[str, Any]]) -> 
             "currency": row["currency"],
             # The tokens' cost on top of the wall time's (migration 0004; 0 without tokens).
             **({"tokenCost": str(row["token_cost"])} if row.get("token_cost") else {}),
+            # Kueue: its queue and the wait for admission, not billed (migration 0006).
+            **(
+                {"queue": row["queue"], "queuedSeconds": row.get("queued_seconds")}
+                if row.get("queue")
+                else {}
+            ),
         }
         for row in usage_rows
         if row["step"] == entry["name"] and row.get("item_index") == index
