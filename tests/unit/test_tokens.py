@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from nofx import metrics
-from nofx.api.agent import ModelPrice, Pricing
+from nofx.api.pricing import ModelPrice, Pricing
 from nofx.api.reasons import Reason
 from nofx.changes import AttemptFinished, TokensUsed
 from nofx.planner.tokens import (

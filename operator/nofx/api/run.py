@@ -9,12 +9,9 @@ from nofx.api.common import (
     AGE_COLUMN,
     CONDITION_REASON,
     MAX_FINALLY_STEPS,
-    MAX_PARAMETERS,
     MAX_STEPS,
     ApiModel,
     Conditions,
-    Currency,
-    DecimalString,
     KindInfo,
     LocalObjectReference,
     Name,
@@ -22,7 +19,6 @@ from nofx.api.common import (
     QueueName,
     Resource,
     ShortText,
-    SpecHash,
     StepName,
     Tag,
     Text,
@@ -30,6 +26,7 @@ from nofx.api.common import (
     list_map,
     validations,
 )
+from nofx.api.pinned import Pinned
 from nofx.api.rules import ParameterValues, RunTimeout
 from nofx.api.template import (
     FINALLY_NAMES_ARE_NEW,
@@ -42,6 +39,7 @@ from nofx.api.template import (
     TemplateSpec,
     json_type,
 )
+from nofx.api.usage import Usage
 
 RunPhase = Literal[
     "Pending", "Queued", "Running", "WaitingApproval", "Succeeded", "Failed", "Cancelled"
@@ -201,44 +199,6 @@ class RunSpec(ApiModel):
         )
 
 
-class PinnedTemplate(ApiModel):
-    """The template spec a Run executes, copied when it started."""
-
-    name: str | None = Field(
-        default=None, max_length=253, description="Name of the Template; unset for an inline plan."
-    )
-    spec_hash: SpecHash = Field(description="SHA-256 of the canonical JSON of spec.")
-    spec: dict[str, Any] = Field(
-        max_length=64, description="The TemplateSpec as it was when the Run started."
-    )
-
-
-class PinnedAgent(ApiModel):
-    """An agent spec a Run uses, copied when it started."""
-
-    spec_hash: SpecHash = Field(description="SHA-256 of the canonical JSON of spec.")
-    spec: dict[str, Any] = Field(
-        max_length=64, description="The AgentSpec as it was when the Run started."
-    )
-
-
-class Pinned(ApiModel):
-    """Snapshot taken when the Run started, so editing a Template or Agent never changes a Run
-    in flight."""
-
-    template: PinnedTemplate | None = Field(
-        default=None, description="The template spec the Run executes."
-    )
-    agents: dict[str, PinnedAgent] | None = Field(
-        default=None, max_length=MAX_STEPS, description="Agent specs by Agent name."
-    )
-    parameters: dict[str, Any] | None = Field(
-        default=None,
-        max_length=MAX_PARAMETERS,
-        description="Parameter values after defaults were applied.",
-    )
-
-
 class StepStatus(ApiModel):
     """State of one step, or of one item of a forEach step."""
 
@@ -281,56 +241,6 @@ class AuditOutbox(ApiModel):
         None,
         max_length=5000,
         description="Events and usage records waiting to be mirrored to Postgres.",
-    )
-
-
-MAX_USAGE_MODELS = 32
-
-
-class CurrencyCost(ApiModel):
-    """What a Run cost in one currency."""
-
-    currency: Currency = Field(description="ISO 4217 currency code.")
-    cost: DecimalString = Field(description="Wall time and token cost in this currency.")
-
-
-class ModelTokens(ApiModel):
-    """Tokens of one model that a Run's steps reported, and what they cost."""
-
-    model: str = Field(min_length=1, max_length=253, description="Model name as reported.")
-    input_tokens: int = Field(default=0, ge=0, description="Input tokens, cached ones apart.")
-    output_tokens: int = Field(default=0, ge=0, description="Output tokens.")
-    cached_tokens: int = Field(default=0, ge=0, description="Cached input tokens.")
-    cost: DecimalString = Field(default="0", description="Their cost at the Agents' prices.")
-    currency: Currency = Field(default="USD", description="ISO 4217 currency code of cost.")
-
-
-class Usage(ApiModel):
-    """Metered usage: wall time of the Run's steps, the tokens they reported, and the cost."""
-
-    wall_seconds: float = Field(
-        default=0, ge=0, description="Sum of the steps' wall-clock seconds."
-    )
-    cost: DecimalString = Field(
-        default="0",
-        description="Cost in currency (wallSeconds x the Agents' perHour / 3600, plus tokens), "
-        "as a decimal string. A Run charged in several currencies lists each in costs; "
-        "costs are never added across currencies.",
-    )
-    currency: Currency = Field(
-        default="USD", description="ISO 4217 currency code of cost: the first one charged."
-    )
-    costs: list[CurrencyCost] | None = Field(
-        default=None,
-        max_length=MAX_STEPS,  # one currency per Agent at most
-        json_schema_extra=list_map("currency"),
-        description="Cost per currency.",
-    )
-    tokens: list[ModelTokens] | None = Field(
-        default=None,
-        max_length=MAX_USAGE_MODELS,
-        description="Tokens per model (and currency) that the steps reported: the first "
-        f"{MAX_USAGE_MODELS} models; the usage records in Postgres hold every one.",
     )
 
 

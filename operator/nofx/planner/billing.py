@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from nofx.api.run import MAX_USAGE_MODELS, CurrencyCost, ModelTokens, StepStatus, Usage
+from nofx.api.run import StepStatus
 from nofx.api.template import Step
+from nofx.api.usage import MAX_USAGE_MODELS, CurrencyCost, ModelTokens, Usage
 from nofx.changes import AttemptFinished, TokensUsed
 from nofx.planner.facts import JobObservation
 from nofx.planner.pinning import agent_for

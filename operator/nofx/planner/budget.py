@@ -11,8 +11,9 @@ from decimal import Decimal
 
 from nofx.api.agent import AgentSpec
 from nofx.api.reasons import Reason
-from nofx.api.run import RunStatus, Usage
+from nofx.api.run import RunStatus
 from nofx.api.template import Budget
+from nofx.api.usage import Usage
 from nofx.planner import stopping
 from nofx.planner.conditions import pending
 from nofx.planner.facts import Decision, World

@@ -9,17 +9,12 @@ from collections.abc import Mapping
 from nofx.api.accounts import ACCOUNT_LABEL
 from nofx.api.agent import AgentSpec
 from nofx.api.common import READY, SUCCEEDED
+from nofx.api.pinned import Pinned, PinnedAgent, PinnedTemplate
 from nofx.api.queues import NAMESPACE_QUEUE_LABEL
 from nofx.api.reasons import Reason
-from nofx.api.run import (
-    Pinned,
-    PinnedAgent,
-    PinnedTemplate,
-    RunStatus,
-    StepStatus,
-    Usage,
-)
+from nofx.api.run import RunStatus, StepStatus
 from nofx.api.template import Step, TemplateSpec
+from nofx.api.usage import Usage
 from nofx.planner import budget, validation
 from nofx.planner.conditions import finish, pending, set_condition
 from nofx.planner.facts import Decision, RunView, World

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
-from nofx.api.agent import MAX_PRICED_MODELS, ModelPrice, Pricing
+from nofx.api.pricing import MAX_PRICED_MODELS, ModelPrice, Pricing
 from nofx.api.reasons import Reason
 from nofx.changes import TokensUsed
 
