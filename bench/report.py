@@ -30,6 +30,7 @@ def summary(results: dict[str, Any], before: dict[str, Any] | None = None) -> st
         f"- Job lifecycle: our own client creating {limit['lifecycle']['jobs']} Jobs at once, "
         f"each with a {results['step_seconds']} Pod, no operator: "
         f"**{limit['lifecycle']['jobs_per_second']} Jobs/s** run to completion.",
+        *chained_limit(limit, results["step_seconds"]),
         "",
         "## Latency and throughput (Runs of three sequential steps)",
         "",
@@ -56,6 +57,7 @@ def summary(results: dict[str, Any], before: dict[str, Any] | None = None) -> st
             f"| {writes['operator_total']} / {writes['system_total']} |"
         )
     throughput = results["throughput"]
+    lines += where_time_and_cpu_go(throughput)
     lines += [
         "",
         "API requests per Run at the highest rate, by the whole system (operator, Job "
@@ -105,6 +107,43 @@ def summary(results: dict[str, Any], before: dict[str, Any] | None = None) -> st
     return "\n".join(lines)
 
 
+def chained_limit(limit: dict[str, Any], step_seconds: str) -> list[str]:
+    if "chained" not in limit:  # results from before the chained limit was measured
+        return []
+    chained = limit["chained"]
+    return [
+        f"- Job chains, the Runs' shape with an operator that costs nothing: our own client "
+        f"runs {chained['chains']} chains of three {step_seconds} Jobs at once and creates "
+        "each chain's next Job when its watch sees the previous one complete: "
+        f"**{chained['jobs_per_second']} Jobs/s**.",
+    ]
+
+
+def where_time_and_cpu_go(throughput: dict[str, Any]) -> list[str]:
+    """A step's stages from our own watches, and CPU per Run of each process."""
+    lines = []
+    stages = throughput.get("step_stages_ms")
+    if stages:
+        lines += [
+            "",
+            f"Where a step's time goes (all {throughput['runs']} Runs at once; our own watches "
+            "of the Jobs and their Pods):",
+            "",
+            "| stage | p50 ms | p95 ms |",
+            "| --- | --- | --- |",
+            *(f"| {stage} | {v['p50']} | {v['p95']} |" for stage, v in stages.items()),
+        ]
+    cpu = throughput.get("cpu_ms_per_run_by_process")
+    if cpu:
+        lines += [
+            "",
+            "Where the CPU goes, in CPU ms per Run (same scenario): "
+            + ", ".join(f"{name} {ms}" for name, ms in cpu.items() if ms >= 0.1)
+            + f"; {sum(cpu.values()):.1f} in all.",
+        ]
+    return lines
+
+
 def ratio(part: float, whole: float) -> str:
     return f"{part / whole:.0%}" if whole else "n/a"
 
@@ -123,7 +162,14 @@ def headline(results: dict[str, Any]) -> list[str]:
     return [
         f"- **Limit ratio: {jobs} step Jobs/s = {ratio(jobs, lifecycle)} of the Job-lifecycle "
         f"limit ({lifecycle} Jobs/s), {ratio(jobs, api)} of the API-write limit ({api} Jobs/s)** "
-        f"(all {throughput['runs']} Runs at once; limits measured in this run).",
+        f"(all {throughput['runs']} Runs at once; limits measured in this run)"
+        + (
+            f"; {ratio(jobs, limit['chained']['jobs_per_second'])} of the same control plane "
+            f"running chains of three Jobs with no operator ({limit['chained']['jobs_per_second']}"
+            " Jobs/s)."
+            if "chained" in limit
+            else "."
+        ),
         f"- **Writes per three-step Run: operator {writes['operator_total']}, whole system "
         f"{writes['system_total']}** (all {throughput['runs']} Runs at once, per finished Run, "
         "successful writes from the API server's audit log; leases not counted).",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -75,20 +76,30 @@ def percentiles(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
+class RawWatch(watch.Watch):
+    """A watch that hands out objects as decoded JSON: building the client's models for every
+    Job and Pod event cost this benchmark's client more CPU than the operator under test."""
+
+    def get_return_type(self, func: Any) -> None:
+        return None
+
+
 @dataclass
 class Observer:
-    """Our own watches: when each Job appeared and finished, when each Run succeeded."""
+    """Our own watches: when each Job appeared and finished, when each Run succeeded, and the
+    stages of each Job's Pod (created, bound to a node, running, finished)."""
 
     api: client.ApiClient
     namespace: str
     job_added: dict[str, float] = field(default_factory=dict)
     job_done: dict[str, float] = field(default_factory=dict)
+    pod_stages: dict[str, dict[str, float]] = field(default_factory=dict)  # Job → stage → time
     job_run_step: dict[str, tuple[str, str]] = field(default_factory=dict)
     run_done: dict[str, float] = field(default_factory=dict)
     watches: list[watch.Watch] = field(default_factory=list)
 
     def start(self) -> None:
-        for target in (self._jobs, self._runs):
+        for target in (self._jobs, self._runs, self._pods):
             threading.Thread(target=self._quietly(target), daemon=True).start()
 
     def stop(self) -> None:
@@ -103,24 +114,61 @@ class Observer:
         return run
 
     def _jobs(self) -> None:
-        w = watch.Watch()
+        w = RawWatch()
         self.watches.append(w)
         for event in w.stream(client.BatchV1Api(self.api).list_namespaced_job, self.namespace):
             now = time.monotonic()
             job = event["object"]
-            name = job.metadata.name
-            labels = job.metadata.labels or {}
+            name = job["metadata"]["name"]
+            labels = job["metadata"].get("labels") or {}
             self.job_added.setdefault(name, now)
             self.job_run_step[name] = (
                 labels.get("nofx.dev/run", ""),
                 labels.get("nofx.dev/step", ""),
             )
-            conditions = (job.status.conditions or []) if job.status else []
-            if any(c.type in ("Complete", "Failed") and c.status == "True" for c in conditions):
+            conditions = (job.get("status") or {}).get("conditions") or []
+            finished = ("Complete", "Failed")
+            if any(c["type"] in finished and c["status"] == "True" for c in conditions):
                 self.job_done.setdefault(name, now)
 
+    def _pods(self) -> None:
+        w = RawWatch()
+        self.watches.append(w)
+        for event in w.stream(client.CoreV1Api(self.api).list_namespaced_pod, self.namespace):
+            now = time.monotonic()
+            pod = event["object"]
+            job = (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name")
+            if not job:
+                continue
+            stages = self.pod_stages.setdefault(job, {})
+            stages.setdefault("pod created", now)
+            if pod["spec"].get("nodeName"):
+                stages.setdefault("pod bound", now)
+            phase = (pod.get("status") or {}).get("phase")
+            if phase in ("Running", "Succeeded", "Failed"):
+                stages.setdefault("pod running", now)
+            if phase in ("Succeeded", "Failed"):
+                stages.setdefault("pod finished", now)
+
+    def stage_breakdown(self, next_job: dict[str, float] | None = None) -> dict[str, Any]:
+        """Where a step's time goes: p50/p95 of each stage between the Job's creation and
+        the next Job of its Run (`next_job`: a Job → when its successor appeared)."""
+        order = ["job created", "pod created", "pod bound", "pod running", "pod finished"]
+        order += ["job done", "next job"]
+        gaps: dict[str, list[float]] = {}
+        for job, added in self.job_added.items():
+            times = {"job created": added, **self.pod_stages.get(job, {})}
+            if job in self.job_done:
+                times["job done"] = self.job_done[job]
+            if next_job and job in next_job:
+                times["next job"] = next_job[job]
+            for before, after in itertools.pairwise(order):
+                if before in times and after in times:
+                    gaps.setdefault(f"{before} → {after}", []).append(times[after] - times[before])
+        return {stage: percentiles(values) for stage, values in gaps.items()}
+
     def _runs(self) -> None:
-        w = watch.Watch()
+        w = RawWatch()
         self.watches.append(w)
         custom = client.CustomObjectsApi(self.api)
         for event in w.stream(
@@ -132,8 +180,8 @@ class Observer:
 
 
 class Bench:
-    def __init__(self, state_dir: Path) -> None:
-        self.plane = ControlPlane(state_dir / "plane", audit_log=True)
+    def __init__(self, state_dir: Path, profiling: bool = False) -> None:
+        self.plane = ControlPlane(state_dir / "plane", audit_log=True, profiling=profiling)
         self.audit = AuditLog(self.plane.audit_log_path)
         self.postgres = PostgresServer(Path(tempfile.mkdtemp(prefix="nofx-bench-pg-")) / "server")
         self.operator: ManagedProcess | None = None
@@ -221,20 +269,35 @@ class Bench:
         rss_kb = int(
             next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))
         )
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu_seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return {"rss_mib": round(rss_kb / 1024, 1), "cpu_seconds": round(cpu_seconds, 2)}
+        return {"rss_mib": round(rss_kb / 1024, 1), "cpu_seconds": round(_cpu_seconds(pid), 2)}
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds used so far by each server on these cores: the control plane's, the
+        operator, Postgres (all its processes) and this benchmark's client."""
+        pids = {proc.name: proc.popen.pid for proc in self.plane.processes if proc.popen}
+        if self.operator and self.operator.popen:
+            pids["operator"] = self.operator.popen.pid
+        used = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        postmaster = int((self.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+        used["postgres"] = sum(_cpu_seconds(pid) for pid in _with_children(postmaster))
+        own = os.times()
+        used["benchmark client"] = own.user + own.system
+        return used
 
     @contextlib.contextmanager
     def profiled(self, out: Path | None) -> Iterator[None]:
-        """py-spy samples the operator (all threads, idle ones left out) while the block runs."""
+        """py-spy samples the operator (the thread holding the GIL) while the block runs,
+        and the API server profiles itself for 20 s of it (apiserver.pprof, for go tool pprof)."""
         if out is None:
             yield
             return
         assert self.operator and self.operator.popen
         out.mkdir(parents=True, exist_ok=True)
+        threading.Thread(target=self._apiserver_profile, args=(out,), daemon=True).start()
         command = [
-            str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking",
+            # --gil: only the thread running Python, so a thread waiting on a socket the
+            # profiler cannot tell idle does not pass for CPU.
+            str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--gil",
             "--pid", str(self.operator.popen.pid), "--rate", "200",
             "--format", "raw", "--output", str(out / "profile.txt"),
         ]  # fmt: skip
@@ -244,6 +307,15 @@ class Bench:
         finally:
             sampler.send_signal(signal.SIGINT)
             sampler.wait(timeout=60)
+
+    def _apiserver_profile(self, out: Path) -> None:
+        time.sleep(3)  # past the first Runs' creation, into the steady part
+        command = [
+            str(tool_path("kubectl")), "--kubeconfig", str(self.plane.kubeconfig),
+            "get", "--raw", "/debug/pprof/profile?seconds=20",
+        ]  # fmt: skip
+        with open(out / "apiserver.pprof", "wb") as profile:
+            subprocess.run(command, stdout=profile, check=False)
 
     # --- scenarios ---
 
@@ -295,12 +367,62 @@ class Bench:
             time.sleep(0.2)
         observer.stop()
         rate = sustained_rate(list(observer.job_done.values()))
+        stages = observer.stage_breakdown()
         self.kubectl("delete", "namespace", namespace, "--wait=false")
         return {
             "jobs": jobs,
             "completed": len(observer.job_done),
             "seconds": round(time.monotonic() - started, 2),
             "jobs_per_second": rate,
+            "step_stages_ms": stages,
+        }
+
+    def chained_limit(self, chains: int, length: int = 3) -> dict[str, Any]:
+        """Step Jobs per second with the Runs' shape but no operator: `chains` chains of
+        `length` Jobs at once, our own client creating each chain's next Job as soon as its
+        watch sees the previous one complete. An operator that cost nothing would reach it."""
+        assert self.api is not None
+        namespace = "bench-chains"
+        self.kubectl("create", "namespace", namespace)
+        batch = client.BatchV1Api(self.api)
+        done: dict[str, float] = {}
+        pool = ThreadPoolExecutor(16)
+
+        def create(chain: int, step: int) -> None:
+            batch.create_namespaced_job(namespace, _job(f"c{chain}-{step}", STEP_SECONDS))
+
+        def follow() -> None:
+            w = RawWatch()
+            for event in w.stream(batch.list_namespaced_job, namespace, timeout_seconds=600):
+                job = event["object"]
+                name = job["metadata"]["name"]
+                conditions = (job.get("status") or {}).get("conditions") or []
+                if name in done or not any(
+                    c["type"] == "Complete" and c["status"] == "True" for c in conditions
+                ):
+                    continue
+                done[name] = time.monotonic()
+                chain, step = (int(part) for part in name[1:].split("-"))
+                if step + 1 < length:
+                    pool.submit(create, chain, step + 1)
+                if len(done) == chains * length:
+                    w.stop()
+
+        watcher = threading.Thread(target=follow, daemon=True)
+        watcher.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        for chain in range(chains):
+            pool.submit(create, chain, 0)
+        watcher.join(timeout=600)
+        pool.shutdown(wait=False, cancel_futures=True)
+        self.kubectl("delete", "namespace", namespace, "--wait=false")
+        return {
+            "chains": chains,
+            "jobs": chains * length,
+            "completed": len(done),
+            "seconds": round(time.monotonic() - started, 2),
+            "jobs_per_second": sustained_rate(list(done.values())),
         }
 
     def latency(self, rate: float, seconds: float) -> dict[str, Any]:
@@ -324,6 +446,7 @@ class Bench:
         custom = client.CustomObjectsApi(self.api)
         created: dict[str, float] = {}
         usage_before = self.operator_usage()
+        cpu_before = self.cpu_by_process()
         metrics_before = self.scrape()
         requests_before = self.apiserver_requests()
         audit_mark = self.audit.mark()
@@ -359,6 +482,7 @@ class Bench:
         mirror_seconds = time.monotonic() - started
         observer.stop()
         usage_after = self.operator_usage()
+        cpu_after = self.cpu_by_process()
         metrics_after = self.scrape()
         requests = self.apiserver_requests().minus(requests_before)
         writes = self.audit.read_since(audit_mark)
@@ -370,8 +494,11 @@ class Bench:
             added = observer.job_added[job]
             first_job[run] = min(first_job.get(run, added), added)
         next_job = []
+        successor_added: dict[str, float] = {}
         for steps in by_run.values():
             for before, after in (("a", "b"), ("b", "c")):
+                if before in steps and after in steps:
+                    successor_added[steps[before]] = observer.job_added[steps[after]]
                 if before in steps and after in steps and steps[before] in observer.job_done:
                     next_job.append(
                         observer.job_added[steps[after]] - observer.job_done[steps[before]]
@@ -395,6 +522,7 @@ class Bench:
                 [first_job[r] - created[r] for r in first_job if r in created]
             ),
             "step_finished_to_next_job_ms": percentiles(next_job),
+            "step_stages_ms": observer.stage_breakdown(successor_added),
             "apply_to_succeeded_ms": percentiles(
                 [observer.run_done[r] - created[r] for r in observer.run_done if r in created]
             ),
@@ -402,10 +530,24 @@ class Bench:
             "operator_cpu_seconds": round(cpu, 2),
             "operator_cpu_ms_per_run": round(1000 * cpu / count, 1),
             "operator_rss_mib": usage_after["rss_mib"],
+            "cpu_ms_per_run_by_process": {
+                name: round(1000 * (cpu_after[name] - cpu_before.get(name, 0.0)) / count, 1)
+                for name in sorted(cpu_after, key=lambda n: cpu_before.get(n, 0.0) - cpu_after[n])
+            },
             "api_requests_per_run": requests.per_request_kind(count),
             "writes_per_run": writes_per_run(
                 writes, len(observer.run_done), namespace, OPERATOR_USER
             ),
+            "step_pod_reads_per_run": {
+                source: round(
+                    metrics_after.minus(metrics_before).total(
+                        "nofx_step_pod_reads_total", source=source
+                    )
+                    / count,
+                    2,
+                )
+                for source in ("watch", "list")
+            },
             "mirror_events": int(mirror_events),
             "mirror_events_per_second": round(mirror_events / mirror_seconds, 1),
             "mirror_lag_ms": metrics_after.minus(metrics_before).histogram_quantiles(
@@ -544,6 +686,26 @@ def parse_samples(text: str) -> Samples:
     return Samples(values)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process (all its threads); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _with_children(parent: int) -> list[int]:
+    """A process and its direct children (Postgres' backends and workers)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    children.append(int(entry.name))
+    return [parent, *children]
+
+
 def sustained_rate(times: list[float]) -> float:
     """Events per second between the 10th and the 90th percentile of their times: the steady
     middle, without the ramp-up and the tail."""
@@ -637,11 +799,12 @@ def main() -> int:
         "--profile",
         action="store_true",
         help="sample the operator with py-spy during the throughput scenario "
-        "(writes profile.txt: collapsed stacks, as flamegraph tools read them)",
+        "(writes profile.txt: collapsed stacks, as flamegraph tools read them) and profile "
+        "the API server for 20 s of it (apiserver.pprof, for go tool pprof)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nofx-bench-") as state_dir:
-        bench = Bench(Path(state_dir))
+        bench = Bench(Path(state_dir), profiling=args.profile)
         try:
             bench.start()
             results: dict[str, Any] = {"machine": machine(), "step_seconds": STEP_SECONDS}
@@ -661,12 +824,13 @@ def main() -> int:
             with bench.profiled(args.out if args.profile else None):
                 results["throughput"] = step("throughput", bench.throughput(args.throughput_runs))
             lifecycle = step("lifecycle limit", bench.lifecycle_limit(args.limit_jobs))
+            chained = step("chained limit", bench.chained_limit(args.throughput_runs))
             held = step("held", bench.fill(args.scale_runs))
             at_scale = step("at scale", bench.probe("bench-probe-many", args.probe_runs, 5))
             results["scale"] = {"baseline": baseline, "held": held, "at_scale": at_scale}
             # Last: its long-lived Jobs would otherwise load the controllers during the others.
             api = step("api limit", bench.limit(args.limit_jobs))
-            results["limit"] = {"api": api, "lifecycle": lifecycle}
+            results["limit"] = {"api": api, "lifecycle": lifecycle, "chained": chained}
         finally:
             bench.stop()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ class ControlPlane:
     nodes: int = 2
     audit_log: bool = False
     kueue: bool = False  # also start Kueue (nofx_dev.kueue) with its CRDs and webhooks
+    profiling: bool = False  # the API server serves /debug/pprof (make bench --profile)
     processes: list[ManagedProcess] = field(default_factory=list)
     apiserver_port: int = 0
     startup_seconds: float = 0.0
@@ -282,7 +283,7 @@ class ControlPlane:
             # Without the node-lifecycle controller nobody would lift the not-ready taint that
             # this plugin puts on new (fake) Nodes.
             "--disable-admission-plugins=TaintNodesByCondition",
-            "--profiling=false",
+            f"--profiling={str(self.profiling).lower()}",
             "--v=1",
         ]
 
