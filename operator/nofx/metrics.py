@@ -48,6 +48,12 @@ STEP_QUEUE_SECONDS = Histogram(
     "From the creation of a queued step's Job to Kueue's (first) admission of it.",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
+STEP_POD_READS = Counter(
+    "nofx_step_pod_reads_total",
+    "Pods of finished step Jobs read for their outputs: from the operator's own Pod watch, or "
+    "listed from the API server (the watch had not seen the Pod, or the Job failed).",
+    ["source"],
+)
 RECONCILE_ERRORS = Counter(
     "nofx_reconcile_errors_total",
     "Run reconciles that raised: transient (an outage, retried while it lasts) or not (a fault "

@@ -24,6 +24,7 @@ from nofx.reconcilers.account_budgets import AccountBudgets
 from nofx.reconcilers.run_reconciler import RunReconciler
 from nofx.reconcilers.schedules import ScheduleReconciler
 from nofx.reconcilers.step_cache import StepCache
+from nofx.reconcilers.step_pods import StepPods
 
 log = logging.getLogger("nofx.operator")
 
@@ -121,7 +122,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
             budgets.start()
     names = [*INDEXES, *(workloads.INDEXES if OPTIONS.kueue else ())]
     indexes = {name: kwargs[name] for name in names}
-    reconciler = RunReconciler(client, limits, mirror, indexes, budgets, step_cache)
+    step_pods = StepPods(client.core, OPTIONS.namespaces)
+    step_pods.start()
+    reconciler = RunReconciler(client, limits, mirror, indexes, budgets, step_cache, step_pods)
     reconciler.start(workers=OPTIONS.workers)
     scheduler = ScheduleReconciler(client, indexes)
     scheduler.start()
@@ -147,6 +150,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx = context.of(memo)
     await ctx.runs.stop()
     await ctx.schedules.stop()
+    if ctx.runs.step_pods is not None:
+        ctx.runs.step_pods.stop()
     if ctx.runs.account_budgets is not None:
         ctx.runs.account_budgets.stop()
     if ctx.runs.step_cache is not None:

@@ -249,7 +249,8 @@ def can_i(
 
 def test_rbac_grants_no_more_than_needed(installed: Kubectl) -> None:
     for verb, resource in [("create", "jobs.batch"), ("delete", "jobs.batch"), ("list", "pods"),
-                           ("patch", "runs.nofx.dev/status"), ("create", "runs.nofx.dev"),
+                           ("watch", "pods"), ("patch", "runs.nofx.dev/status"),
+                           ("create", "runs.nofx.dev"),
                            ("watch", "agents.nofx.dev"), ("create", "events"), ("list", "events"),
                            ("watch", "schedules.nofx.dev")]:  # fmt: skip
         assert can_i(installed, verb, resource), f"the operator cannot {verb} {resource}"

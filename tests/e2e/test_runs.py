@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -461,3 +462,6 @@ def test_metrics_are_served(operator: OperatorProcess) -> None:
         "nofx_step_next_job_latency_seconds_bucket",
     ):
         assert name in text, name
+    # The steps that succeeded in this module's tests were read from the operator's Pod watch.
+    from_watch = re.search(r'^nofx_step_pod_reads_total\{source="watch"\} (\S+)$', text, re.M)
+    assert from_watch and float(from_watch.group(1)) > 0, "no step Pod read from the watch"

@@ -73,7 +73,7 @@ def test_base_rbac_grants_nothing_on_secrets_and_no_wildcards() -> None:
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
         if "pods" in rule["resources"]:
-            assert rule["verbs"] == ["list"], "Pods are only listed, for termination messages"
+            assert rule["verbs"] == ["list", "watch"], "Pods are only read, for their outputs"
 
 
 def test_base_binds_the_role_to_the_operators_service_account() -> None:

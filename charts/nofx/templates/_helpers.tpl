@@ -81,7 +81,9 @@ capabilities:
   verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  # Step Pods (by label) are watched for the outputs of steps that succeeded, and a finished
+  # Job's Pods listed when the watch did not see them.
+  verbs: ["list", "watch"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   # list: why a step's Job has no Pod (the Job controller's FailedCreate Events).

@@ -1,5 +1,6 @@
 """What the Run reconciler knows of a Run before it decides: a copy of Kopf's indexes for it,
-completed by reads the indexes cannot answer (the Pod of a finished Job, why a Job has no Pod,
+completed by reads the indexes cannot answer (the Pod of a finished Job the Pod watch did not
+see, why a Job has no Pod,
 a child Run or Job missing from the index), and the Run itself as plain data."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from nofx import metrics
 from nofx.api.agent import AgentSpec
 from nofx.api.run import (
     STARTED_STEP_PHASES,
@@ -26,6 +28,7 @@ from nofx.kube import Kube
 from nofx.planner.attempts import POD_START_CHECK
 from nofx.planner.facts import ChildRunObservation, JobObservation, RunView
 from nofx.planner.naming import job_name
+from nofx.reconcilers.step_pods import StepPods
 
 RunKey = tuple[str, str]  # (namespace, name)
 
@@ -64,7 +67,11 @@ def observe(indexes: dict[str, Any], key: RunKey, waiters_version: int) -> Obser
 
 
 def complete_jobs(
-    kube: Kube, run: RunView, indexed: dict[str, JobObservation], now: datetime
+    kube: Kube,
+    run: RunView,
+    indexed: dict[str, JobObservation],
+    now: datetime,
+    step_pods: StepPods | None = None,
 ) -> dict[str, JobObservation]:
     """Adds what the index cannot know: the Pod of every finished Job a step may read now
     (outputs and exit codes live only there), why a Job has no Pod, and whether a Job
@@ -95,11 +102,25 @@ def complete_jobs(
         if job is None:
             continue
         if job.state in ("Succeeded", "Failed"):
-            job = with_pod(job, kube.job_pod(namespace, name))
+            job = with_pod(job, finished_pod(kube, step_pods, namespace, job))
         elif job.state == "Active" and _waits_for_pod(job, now):
             job = replace(job, pod_create_error=kube.pod_create_error(namespace, name))
         jobs[name] = job
     return jobs
+
+
+def finished_pod(
+    kube: Kube, step_pods: StepPods | None, namespace: str, job: JobObservation
+) -> dict[str, Any] | None:
+    """The Pod of a finished Job: from the Pod watch if it saw the one that succeeded, else
+    listed (a failed Job's Pods may be several, after a Kueue eviction: the list decides)."""
+    if job.state == "Succeeded" and step_pods is not None:
+        pod = step_pods.succeeded(namespace, job.name)
+        if pod is not None:
+            metrics.STEP_POD_READS.labels("watch").inc()
+            return pod
+    metrics.STEP_POD_READS.labels("list").inc()
+    return kube.job_pod(namespace, job.name)
 
 
 def complete_children(

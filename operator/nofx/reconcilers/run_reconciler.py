@@ -39,6 +39,7 @@ from nofx.reconcilers.apply import AUDIT_FINALIZER
 from nofx.reconcilers.errors import failures_before_showing, is_transient
 from nofx.reconcilers.observe import Observed
 from nofx.reconcilers.step_cache import StepCache
+from nofx.reconcilers.step_pods import StepPods
 from nofx.reconcilers.waiters import Waiters
 from nofx.slots import AgentSlots
 from nofx.workqueue import Backoff, LoopClock, Result, Retry, Timers, WorkQueue, worker
@@ -58,6 +59,7 @@ class RunReconciler:
         indexes: dict[str, Any] | None = None,
         account_budgets: AccountBudgets | None = None,
         step_cache: StepCache | None = None,
+        step_pods: StepPods | None = None,
     ) -> None:
         self.kube = kube
         self.limits = limits or Limits()
@@ -66,6 +68,7 @@ class RunReconciler:
         self.step_cache = step_cache  # None: no mirror, so no cached steps
         if step_cache is not None:
             step_cache.on_answer = self._trigger_from_thread
+        self.step_pods = step_pods  # None: every finished Job's Pod is listed
         self.indexes = indexes or {}  # Kopf's in-memory indexes, by name
         self.slots = AgentSlots()
         self.waiters = Waiters()
@@ -175,7 +178,7 @@ class RunReconciler:
             template = observed.templates.get(spec.template_ref.name)
             template_invalid = template is None and spec.template_ref.name in observed.templates
         now = datetime.now(UTC)
-        jobs = observe.complete_jobs(self.kube, run, observed.jobs, now)
+        jobs = observe.complete_jobs(self.kube, run, observed.jobs, now, self.step_pods)
         children = observe.complete_children(self.kube, namespace, old_status, observed.child_runs)
         tree = self.indexes["child_runs_by_root"].get((namespace, run.root_uid), ())
         namespace_account = namespace_queue = None
