@@ -202,34 +202,39 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._post(f"/api/v1/namespaces/{involved['namespace']}/events", body)
+        self._send("POST", f"/api/v1/namespaces/{involved['namespace']}/events", body)
 
     # --- Jobs and Pods ---
     # The typed client would turn each response into models and back into plain data (a tenth
     # of the operator's CPU under load): these ask for the raw JSON instead.
 
-    def _post(self, path: str, body: dict[str, Any]) -> None:
-        """Creates an object from plain data. The typed client's create methods first validate
-        the body into its models (a pydantic model of a whole Job: 3-8 % of the operator's CPU
-        under load) only to turn it back into JSON; this sends the JSON as it is."""
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A request with plain data in and out. The typed client's methods validate their
+        arguments into its models first (a pydantic model of a whole Job: 3-8 % of the
+        operator's CPU under load) only to turn them back into JSON."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         request = self.api.param_serialize(
-            method="POST",
+            method=method,
             resource_path=path,
-            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            header_params=headers,
             body=body,
             auth_settings=["BearerToken"],
         )
         response = self.api.call_api(*request)
-        response.read()
+        data = response.read()
         response.response.release_conn()  # back to the pool: no new TLS handshake next time
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return json.loads(data)
 
     def create_job(self, body: dict[str, Any]) -> bool:
         """Creates the Job; False if it already exists (a retried or repeated decision),
         Rejected if the API server refuses it."""
         try:
-            self._post(f"/apis/batch/v1/namespaces/{body['metadata']['namespace']}/jobs", body)
+            namespace = body["metadata"]["namespace"]
+            self._send("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", body)
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -266,12 +271,12 @@ class Kube:
     def namespace_labels(self, name: str) -> dict[str, str]:
         """A namespace's labels ({} once it is gone: its Runs go with it)."""
         try:
-            response = self.core.read_namespace(name, _preload_content=False)
+            namespace = self._send("GET", f"/api/v1/namespaces/{name}")
         except ApiException as error:
             if error.status == 404:
                 return {}
             raise
-        labels: dict[str, str] = response_json(response)["metadata"].get("labels") or {}
+        labels: dict[str, str] = namespace["metadata"].get("labels") or {}
         return labels
 
     def list_config_maps(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
