@@ -18,6 +18,8 @@ from nofx.own_writes import OwnWrites
 
 log = logging.getLogger(__name__)
 
+MERGE_PATCH = "application/merge-patch+json"
+
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     """In a Pod: its service account; elsewhere: KUBECONFIG or ~/.kube/config."""
@@ -43,9 +45,7 @@ class Kube:
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            result: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
-                GROUP, VERSION, namespace, plural, name
-            )
+            result: dict[str, Any] = self._send("GET", _path(plural, namespace, name))
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -65,9 +65,7 @@ class Kube:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        return self._patch(
-            self.custom.patch_namespaced_custom_object_status, plural, namespace, name, body
-        )
+        return self._patch(_path(plural, namespace, name) + "/status", plural, name, body)
 
     def set_condition(
         self,
@@ -114,17 +112,15 @@ class Kube:
     ) -> dict[str, Any] | None:
         """Replaces metadata.finalizers, unless the object changed since it was read."""
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
-        return self._patch(
-            self.custom.patch_namespaced_custom_object, plural, namespace, name, body
-        )
+        return self._patch(_path(plural, namespace, name), plural, name, body)
 
     def _patch(
-        self, method: Any, plural: str, namespace: str, name: str, body: dict[str, Any]
+        self, path: str, plural: str, name: str, body: dict[str, Any]
     ) -> dict[str, Any] | None:
         """A merge patch: the object as stored, None if it is gone, Conflict if a
         resourceVersion precondition in the body failed."""
         try:
-            result: dict[str, Any] = method(GROUP, VERSION, namespace, plural, name, body)
+            result: dict[str, Any] = self._send("PATCH", path, body, MERGE_PATCH)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -208,13 +204,19 @@ class Kube:
     # The typed client would turn each response into models and back into plain data (a tenth
     # of the operator's CPU under load): these ask for the raw JSON instead.
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         """A request with plain data in and out. The typed client's methods validate their
         arguments into its models first (a pydantic model of a whole Job: 3-8 % of the
         operator's CPU under load) only to turn them back into JSON."""
         headers = {"Accept": "application/json"}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         request = self.api.param_serialize(
             method=method,
             resource_path=path,
@@ -316,6 +318,11 @@ class Kube:
             )
         )
         return pods[-1] if pods else None
+
+
+def _path(plural: str, namespace: str, name: str) -> str:
+    """The URL path of one of NOFX's own objects."""
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}"
 
 
 def _now() -> str:
