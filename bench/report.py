@@ -217,7 +217,12 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         (
             "≥ 13.5 finished Runs/s (810 a minute) and ≥ 80 % of the limit in step Jobs/s",
             f"{finished_per_minute} Runs a minute; {jobs} Jobs/s = {ratio(jobs, lifecycle)} of "
-            "the Job-lifecycle limit",
+            "the Job-lifecycle limit"
+            + (
+                f", {ratio(jobs, chained)} of the Job-chain limit"
+                if (chained := results["limit"].get("chained", {}).get("jobs_per_second"))
+                else ""
+            ),
             burst["runs_per_second_finished"] >= 13.5 and jobs >= 0.8 * lifecycle,
         ),
         (

@@ -77,3 +77,19 @@ def test_an_earlier_run_stands_beside_this_one() -> None:
     assert "| operator API writes per Run (all at once) | 12.0 | 8.0 |" in text
     assert "| mirror lag p95 ms (all at once) | n/a | 200.0 |" in text
     assert "Before and after" not in report.summary(results())
+
+
+def test_the_job_chain_limit_the_stages_and_cpu_by_process_are_shown_when_measured() -> None:
+    measured = results()
+    measured["limit"]["chained"] = {"chains": 100, "jobs": 300, "jobs_per_second": 60.0}
+    measured["throughput"]["step_stages_ms"] = {"pod created → pod bound": quantiles(40.0)}
+    measured["throughput"]["cpu_ms_per_run_by_process"] = {"kube-apiserver": 90.0, "operator": 20.0}
+    text = report.summary(measured)
+    assert "70% of the same control plane running chains of three Jobs" in text
+    assert "| pod created → pod bound | 20.0 | 40.0 |" in text
+    assert "kube-apiserver 90.0, operator 20.0; 110.0 in all." in text
+    row = next(
+        figure for target, figure, _ in report.targets(measured) if "finished Runs" in target
+    )
+    assert row.endswith("84% of the Job-lifecycle limit, 70% of the Job-chain limit")
+    assert "chains" not in report.summary(results()), "older results lack the chain limit"
