@@ -240,8 +240,10 @@ def test_the_usage_page_totals_equal_nofx_usage(
         [
             r["day"],
             r["agent"],
+            r["queue"] or "-",
             str(r["attempts"]),
             f"{r['wall_seconds']:.1f}",
+            "-" if r["queued_seconds"] is None else f"{r['queued_seconds']:.1f}",
             r["cost"],
             r["currency"],
         ]

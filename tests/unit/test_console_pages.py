@@ -95,3 +95,29 @@ def test_a_console_for_some_namespaces_reads_no_other(many: list[dict[str, Any]]
     assert 'value="team-a"' in console.get("/runs").text  # the first served, by default
     refused = console.get("/runs/team-b/ship")
     assert refused.status_code == 404 and "serves the namespaces team-a" in refused.text
+
+
+class FakeUsage:
+    """The two usage queries of the store, as Postgres would answer them."""
+
+    def usage(self, account: str, since: Any) -> list[dict[str, Any]]:
+        row = {"day": "2026-12-01", "account": account, "agent": "coder", "attempts": 2,
+               "wall_seconds": 4.0, "wall_cost": "0.2", "token_cost": "0", "cost": "0.2",
+               "currency": "EUR"}  # fmt: skip
+        return [
+            {**row, "queue": None, "queued_seconds": None},
+            {**row, "queue": "main", "queued_seconds": 3.5},
+        ]
+
+    def usage_by_model(self, account: str, since: Any) -> list[dict[str, Any]]:
+        return []
+
+
+def test_the_usage_page_tells_apart_the_queues_an_agent_ran_in() -> None:
+    console = pages.Console(FakeCluster([]), FakeUsage(), app.templates(), ())  # type: ignore[arg-type]
+    html = TestClient(app.create_app(console)).get("/usage?account=acme&since=2026-12-01").text
+    cells = re.findall(r"<tr><td>2026-12-01</td>(.*?)</tr>", html)
+    assert [re.findall(r"<td>(.*?)</td>", row) for row in cells] == [
+        ["coder", "-", "2", "4.0", "-", "0.2", "EUR"],
+        ["coder", "main", "2", "4.0", "3.5", "0.2", "EUR"],
+    ]
