@@ -20,6 +20,7 @@ from nofx.workqueue import (
     Retry,
     ShutDown,
     Timers,
+    WorkerPool,
     WorkQueue,
     handle,
     worker,
@@ -502,5 +503,38 @@ def test_workers_retry_then_follow_the_result_until_shut_down() -> None:
         assert timers.due_at(A) == clock.now() + seconds(60)
         queue.shut_down()
         await asyncio.gather(*workers)
+
+    run(scenario())
+
+
+# --- the worker pool ------------------------------------------------------------------------
+
+
+def test_a_worker_pool_reconciles_retries_forgets_and_stops() -> None:
+    async def scenario() -> None:
+        seen: list[Key] = []
+        errors: list[Key] = []
+
+        async def reconcile(key: Key, _: None) -> Result:
+            seen.append(key)
+            if key == B:
+                raise RuntimeError("boom")
+            return Result(requeue_after=seconds(60))
+
+        async def failed(key: Key, error: Exception, retry: Retry) -> None:
+            errors.append(key)
+
+        pool: WorkerPool[Key, None] = WorkerPool(reconcile, failed)
+        pool.start(2)
+        pool.queue.add(A)
+        pool.queue.add(B)
+        await until(lambda: sorted(seen) == [A, B] and errors == [B])
+        assert pool.timers.due_at(A) is not None, "the result's requeue_after set A's timer"
+        assert pool.backoff.failures(B) == 1 and pool.timers.due_at(B) is not None
+        pool.forget(B)
+        assert pool.backoff.failures(B) == 0 and pool.timers.due_at(B) is None
+        await pool.stop()
+        with pytest.raises(ShutDown):
+            await pool.queue.get()
 
     run(scenario())

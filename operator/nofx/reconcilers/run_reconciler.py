@@ -42,7 +42,7 @@ from nofx.reconcilers.step_cache import StepCache
 from nofx.reconcilers.step_pods import StepPods
 from nofx.reconcilers.waiters import Waiters
 from nofx.slots import AgentSlots
-from nofx.workqueue import Backoff, LoopClock, Result, Retry, Timers, WorkQueue, worker
+from nofx.workqueue import Result, Retry, WorkerPool
 
 log = logging.getLogger("nofx.runs")
 
@@ -72,29 +72,23 @@ class RunReconciler:
         self.indexes = indexes or {}  # Kopf's in-memory indexes, by name
         self.slots = AgentSlots()
         self.waiters = Waiters()
-        self.queue: WorkQueue[RunKey, dict[str, Any]] = WorkQueue()
-        self.backoff: Backoff[RunKey] = Backoff()
-        # On the loop's thread only: a timer that falls due adds its key (read the Run afresh).
-        self.timers: Timers[RunKey] = Timers(LoopClock(), self.queue.add)
+        self.workers: WorkerPool[RunKey, dict[str, Any]] = WorkerPool(self.reconcile, self._failed)
+        self.queue, self.timers, self.backoff = (
+            self.workers.queue,
+            self.workers.timers,
+            self.workers.backoff,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._workers: list[asyncio.Task[None]] = []
 
     # --- the queue and its workers (event loop) ---
 
     def start(self, workers: int) -> None:
         """Starts the workers on the running loop (the operator's startup)."""
         self._loop = asyncio.get_running_loop()
-        self._workers = [
-            asyncio.create_task(
-                worker(self.queue, self.timers, self.backoff, self.reconcile, self._failed)
-            )
-            for _ in range(workers)
-        ]
+        self.workers.start(workers)
 
     async def stop(self) -> None:
-        self.timers.close()
-        await self.queue.drain(drop_waiting=True)
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self.workers.stop()
 
     def trigger(self, key: RunKey) -> None:
         """Reconciles the Run soon, with the newest body we wrote or saw, else read afresh.
@@ -128,8 +122,7 @@ class RunReconciler:
     def forget(self, key: RunKey) -> None:
         """A deleted Run: nothing of it is kept."""
         self.kube.own_writes.forget("runs", *key)
-        self.backoff.forget(key)
-        self.timers.cancel(key)
+        self.workers.forget(key)
         self.waiters.forget(key)
         if self.step_cache is not None:
             self.step_cache.forget(key)

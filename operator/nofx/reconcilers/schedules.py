@@ -28,7 +28,7 @@ from nofx.scheduling.decide import (
     decide,
     refused,
 )
-from nofx.workqueue import Backoff, LoopClock, Result, Retry, Timers, WorkQueue, worker
+from nofx.workqueue import Result, Retry, WorkerPool
 
 log = logging.getLogger("nofx.schedules")
 
@@ -43,23 +43,14 @@ class ScheduleReconciler:
         self.kube = kube
         self.indexes = indexes
         self.bodies: dict[ScheduleKey, dict[str, Any]] = {}  # the newest body seen or written
-        self.queue: WorkQueue[ScheduleKey, None] = WorkQueue()
-        self.backoff: Backoff[ScheduleKey] = Backoff()
-        self.timers: Timers[ScheduleKey] = Timers(LoopClock(), self.queue.add)
-        self._workers: list[asyncio.Task[None]] = []
+        self.workers: WorkerPool[ScheduleKey, None] = WorkerPool(self.reconcile, self._failed)
+        self.queue, self.timers = self.workers.queue, self.workers.timers
 
     def start(self) -> None:
-        self._workers = [
-            asyncio.create_task(
-                worker(self.queue, self.timers, self.backoff, self.reconcile, self._failed)
-            )
-            for _ in range(WORKERS)
-        ]
+        self.workers.start(WORKERS)
 
     async def stop(self) -> None:
-        self.timers.close()
-        await self.queue.drain(drop_waiting=True)
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self.workers.stop()
 
     def changed(self, key: ScheduleKey, body: dict[str, Any]) -> None:
         self.bodies[key] = body
@@ -71,8 +62,7 @@ class ScheduleReconciler:
 
     def forget(self, key: ScheduleKey) -> None:
         self.bodies.pop(key, None)
-        self.backoff.forget(key)
-        self.timers.cancel(key)
+        self.workers.forget(key)
 
     async def reconcile(self, key: ScheduleKey, _: None) -> Result:
         body = self.bodies.get(key)

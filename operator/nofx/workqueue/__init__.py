@@ -22,7 +22,7 @@ from nofx.workqueue.backoff import Backoff, Retry
 from nofx.workqueue.clock import Clock, LoopClock
 from nofx.workqueue.delays import Timers, When
 from nofx.workqueue.queue import ShutDown, WorkQueue
-from nofx.workqueue.workers import Result, handle, worker
+from nofx.workqueue.workers import Result, WorkerPool, handle, worker
 
 __all__ = [
     "Backoff",
@@ -34,6 +34,7 @@ __all__ = [
     "Timers",
     "When",
     "WorkQueue",
+    "WorkerPool",
     "handle",
     "worker",
 ]

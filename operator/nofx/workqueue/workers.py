@@ -4,12 +4,14 @@ time its result asks for."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from nofx.workqueue.backoff import Backoff, Retry
+from nofx.workqueue.clock import LoopClock
 from nofx.workqueue.delays import Timers, When
 from nofx.workqueue.queue import ShutDown, WorkQueue
 
@@ -70,3 +72,41 @@ async def handle(
         return
     backoff.forget(key)
     timers.schedule(key, result.requeue_after)
+
+
+class WorkerPool(Generic[K, P]):
+    """A reconciler's queue with its timers and backoff, and the worker tasks that drain it:
+    what the Run and Schedule reconcilers each start at the operator's startup and stop at
+    its cleanup."""
+
+    def __init__(
+        self,
+        reconcile: Callable[[K, P | None], Awaitable[Result]],
+        on_error: Callable[[K, Exception, Retry], Awaitable[None]] | None = None,
+    ) -> None:
+        self.queue: WorkQueue[K, P] = WorkQueue()
+        self.backoff: Backoff[K] = Backoff()
+        # On the loop's thread only: a timer that falls due adds its key.
+        self.timers: Timers[K] = Timers(LoopClock(), self.queue.add)
+        self._reconcile, self._on_error = reconcile, on_error
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, workers: int) -> None:
+        """Starts the workers on the running loop."""
+        self._tasks = [
+            asyncio.create_task(
+                worker(self.queue, self.timers, self.backoff, self._reconcile, self._on_error)
+            )
+            for _ in range(workers)
+        ]
+
+    async def stop(self) -> None:
+        """No more timers; keys still waiting are dropped, the passes under way finish."""
+        self.timers.close()
+        await self.queue.drain(drop_waiting=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def forget(self, key: K) -> None:
+        """An object that is gone: no retry, no timer."""
+        self.backoff.forget(key)
+        self.timers.cancel(key)
