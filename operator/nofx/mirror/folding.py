@@ -10,6 +10,7 @@ Memory only: after a restart the entries are written again, which Postgres takes
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class StoredEntries:
         self._clock = clock
         self._lock = threading.Lock()
         self._runs: dict[RunKey, _Stored] = {}
+        # (due, Run) of Runs whose stored entries wait, soonest first; an item whose Run has
+        # since been acknowledged or got a later due is skipped when it comes up.
+        self._waiting: list[tuple[float, RunKey]] = []
         self._late_allowance = LATE_ACKS_PER_SECOND  # a token bucket of late acknowledgements
         self._late_refilled = clock()
 
@@ -83,6 +87,7 @@ class StoredEntries:
                 stored = self._runs[key] = _Stored(uid, body)
             if not stored.keys:
                 stored.due = self._clock() + ACK_AFTER
+                heapq.heappush(self._waiting, (stored.due, key))
             stored.body = body
             stored.keys |= {outbox.entry_key(entry) for entry in entries}
             seqs = [entry["seq"] for entry in entries if entry["type"] == outbox.EVENT]
@@ -93,7 +98,8 @@ class StoredEntries:
 
     def due(self) -> list[tuple[RunKey, dict[str, Any], set[EntryKey]]]:
         """Runs whose stored entries waited too long for the reconciler, the longest waiting
-        first, as many as the rate of late acknowledgements allows now."""
+        first, as many as the rate of late acknowledgements allows now: a heap, so that a pass
+        does not look through every Run the writer tracks (thousands held for approvals)."""
         now = self._clock()
         with self._lock:
             self._late_allowance = min(
@@ -101,13 +107,18 @@ class StoredEntries:
                 self._late_allowance + (now - self._late_refilled) * LATE_ACKS_PER_SECOND,
             )
             self._late_refilled = now
-            waited = sorted(
-                (stored.due, key, stored.body, set(stored.keys))
-                for key, stored in self._runs.items()
-                if stored.keys and stored.body is not None and stored.due <= now
-            )[: int(self._late_allowance)]
-            self._late_allowance -= len(waited)
-            return [(key, body, keys) for _, key, body, keys in waited]
+            taken: list[tuple[float, RunKey, dict[str, Any], set[EntryKey]]] = []
+            while self._waiting and self._waiting[0][0] <= now:
+                if len(taken) >= int(self._late_allowance):
+                    break
+                due, key = heapq.heappop(self._waiting)
+                stored = self._runs.get(key)
+                if stored and stored.keys and stored.body is not None and stored.due == due:
+                    taken.append((due, key, stored.body, set(stored.keys)))
+            for due, key, _, _ in taken:  # due again until the removal is recorded
+                heapq.heappush(self._waiting, (due, key))
+            self._late_allowance -= len(taken)
+            return [(key, body, keys) for _, key, body, keys in taken]
 
     def removed(self, key: RunKey, uid: str, keys: set[EntryKey]) -> None:
         """These entries left the Run's outbox (the writer's or the reconciler's write)."""
