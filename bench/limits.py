@@ -1,0 +1,146 @@
+"""The limit scenarios: what this control plane takes with no operator involved, the ceiling
+the operator's figures are read against. `limit`: Jobs created and patched by a tight client
+of our own; `lifecycle_limit`: step Jobs run to completion; `chained_limit`: Jobs in chains
+shaped like the Runs', each next Job created as soon as the previous one completes. Each takes
+the started `Bench` first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kubernetes import client
+from measure import sustained_rate
+from observer import Observer, RawWatch
+from scenarios import STEP_SECONDS
+from system import Bench
+
+
+def limit(bench: Bench, jobs: int, workers: int = 16) -> dict[str, Any]:
+    """The most this API server takes here: a tight client of our own creates Jobs and
+    patches their status, as the operator and the Job controller would."""
+    assert bench.api is not None
+    namespace = "bench-limit"
+    bench.kubectl("create", "namespace", namespace)
+    batch = client.BatchV1Api(bench.api)
+
+    def one(index: int) -> None:
+        name = f"limit-{index}"
+        batch.create_namespaced_job(namespace, _job(name, "1h"))
+        batch.patch_namespaced_job_status(name, namespace, {"status": {"active": 1}})
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(jobs)))
+    seconds = time.monotonic() - started
+    bench.kubectl("delete", "namespace", namespace, "--wait=false")
+    return {
+        "jobs": jobs,
+        "seconds": round(seconds, 2),
+        "jobs_per_second": round(jobs / seconds, 1),
+        "api_writes_per_second": round(2 * jobs / seconds, 1),
+    }
+
+
+def lifecycle_limit(bench: Bench, jobs: int, workers: int = 16) -> dict[str, Any]:
+    """The most step Jobs this control plane runs to completion per second: a tight
+    client creates Jobs with the benchmark's Pod lifetime, with no operator involved."""
+    assert bench.api is not None
+    namespace = "bench-lifecycle"
+    bench.kubectl("create", "namespace", namespace)
+    observer = Observer(bench.api, namespace)
+    observer.start()
+    time.sleep(0.5)
+    batch = client.BatchV1Api(bench.api)
+    started = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        list(
+            pool.map(
+                lambda i: batch.create_namespaced_job(namespace, _job(f"j{i}", STEP_SECONDS)),
+                range(jobs),
+            )
+        )
+    deadline = time.monotonic() + 600
+    while len(observer.job_done) < jobs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    observer.stop()
+    rate = sustained_rate(list(observer.job_done.values()))
+    stages = observer.stage_breakdown()
+    bench.kubectl("delete", "namespace", namespace, "--wait=false")
+    return {
+        "jobs": jobs,
+        "completed": len(observer.job_done),
+        "seconds": round(time.monotonic() - started, 2),
+        "jobs_per_second": rate,
+        "step_stages_ms": stages,
+    }
+
+
+def chained_limit(bench: Bench, chains: int, length: int = 3) -> dict[str, Any]:
+    """Step Jobs per second with the Runs' shape but no operator: `chains` chains of
+    `length` Jobs at once, our own client creating each chain's next Job as soon as its
+    watch sees the previous one complete. An operator that cost nothing would reach it."""
+    assert bench.api is not None
+    namespace = "bench-chains"
+    bench.kubectl("create", "namespace", namespace)
+    batch = client.BatchV1Api(bench.api)
+    done: dict[str, float] = {}
+    pool = ThreadPoolExecutor(16)
+
+    def create(chain: int, step: int) -> None:
+        batch.create_namespaced_job(namespace, _job(f"c{chain}-{step}", STEP_SECONDS))
+
+    def follow() -> None:
+        w = RawWatch()
+        for event in w.stream(batch.list_namespaced_job, namespace, timeout_seconds=600):
+            job = event["object"]
+            name = job["metadata"]["name"]
+            conditions = (job.get("status") or {}).get("conditions") or []
+            if name in done or not any(
+                c["type"] == "Complete" and c["status"] == "True" for c in conditions
+            ):
+                continue
+            done[name] = time.monotonic()
+            chain, step = (int(part) for part in name[1:].split("-"))
+            if step + 1 < length:
+                pool.submit(create, chain, step + 1)
+            if len(done) == chains * length:
+                w.stop()
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    for chain in range(chains):
+        pool.submit(create, chain, 0)
+    watcher.join(timeout=600)
+    pool.shutdown(wait=False, cancel_futures=True)
+    bench.kubectl("delete", "namespace", namespace, "--wait=false")
+    return {
+        "chains": chains,
+        "jobs": chains * length,
+        "completed": len(done),
+        "seconds": round(time.monotonic() - started, 2),
+        "jobs_per_second": sustained_rate(list(done.values())),
+    }
+
+
+def _job(name: str, duration: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"annotations": {"kwok.nofx.dev/duration": duration}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "example.invalid/limit:1"}],
+                },
+            },
+        },
+    }
