@@ -30,7 +30,8 @@ log = logging.getLogger("nofx.pods")
 
 KEEP_SECONDS = 300.0  # how long a finished Pod's outputs stay after its watch event
 WATCH_SECONDS = 300  # the API server ends each watch after this long; it resumes where it was
-RETRY_SECONDS = 5.0  # after a failed list or watch
+RETRY_SECONDS = 5.0  # after a failed list or watch, doubled while it keeps failing (RBAC)
+MAX_RETRY_SECONDS = 300.0
 SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED_BY.items())
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
@@ -96,16 +97,19 @@ class StepPods:
     # --- the watch ---
 
     def _follow(self, namespace: str) -> None:
+        delay = RETRY_SECONDS
         while not self._stopped.is_set():
             try:
                 version = self._list(namespace)
+                delay = RETRY_SECONDS
                 while not self._stopped.is_set():
                     version = self._watch(namespace, version)
             except Gone:
                 continue
             except Exception as error:  # the watch only saves work: steps LIST meanwhile
-                log.warning("the step Pod watch failed; retrying: %s", error)
-                self._stopped.wait(RETRY_SECONDS)
+                log.warning("the step Pod watch failed; retrying in %.0f s: %s", delay, error)
+                self._stopped.wait(delay)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     def _pods(self, namespace: str, **kwargs: Any) -> Any:
         """The raw response of a list or watch of step Pods, in one namespace or all."""
