@@ -103,6 +103,7 @@ class FakeCore:
     def list_pod_for_all_namespaces(self, **kwargs: Any) -> FakeResponse:
         self.calls.append(kwargs)
         assert kwargs["label_selector"] == "app.kubernetes.io/managed-by=nofx-operator"
+        assert kwargs["field_selector"] == "status.phase=Succeeded"
         later = pod("j2", "Succeeded", exitCode=0, message="{}")
         later["metadata"]["resourceVersion"] = "11"
         answers = [

@@ -113,7 +113,11 @@ class StepPods:
 
     def _pods(self, namespace: str, **kwargs: Any) -> Any:
         """The raw response of a list or watch of step Pods, in one namespace or all."""
-        kwargs.update(label_selector=SELECTOR, _preload_content=False)
+        # Only Pods that succeeded: the API server filters out the half dozen updates a step
+        # Pod goes through before (created, bound, running), which this watch would decode.
+        kwargs.update(
+            label_selector=SELECTOR, field_selector="status.phase=Succeeded", _preload_content=False
+        )
         if namespace:
             return self.core.list_namespaced_pod(namespace, **kwargs)
         return self.core.list_pod_for_all_namespaces(**kwargs)
