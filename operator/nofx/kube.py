@@ -19,6 +19,7 @@ from nofx.own_writes import OwnWrites
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+BACKGROUND = {"propagationPolicy": "Background"}  # deletes go on with dependents in the background
 
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
@@ -36,16 +37,44 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
-        self.custom = client.CustomObjectsApi(api)
-        self.batch = client.BatchV1Api(api)
-        self.core = client.CoreV1Api(api)
         self.own_writes = OwnWrites()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """Every request: plain data in and out, ApiException on an error status. The typed
+        client's methods validate their arguments into its models first (a pydantic model of a
+        whole Job: 3-8 % of the operator's CPU under load) and build models of the response,
+        only to turn both back into plain data."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*request)
+        data = response.read()
+        response.response.release_conn()  # back to the pool: no new TLS handshake next time
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return json.loads(data)
 
     # --- custom resources ---
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            result: dict[str, Any] = self._send("GET", _path(plural, namespace, name))
+            result: dict[str, Any] = self.request("GET", _path(plural, namespace, name))
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -120,7 +149,7 @@ class Kube:
         """A merge patch: the object as stored, None if it is gone, Conflict if a
         resourceVersion precondition in the body failed."""
         try:
-            result: dict[str, Any] = self._send("PATCH", path, body, MERGE_PATCH)
+            result: dict[str, Any] = self.request("PATCH", path, body, content_type=MERGE_PATCH)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -133,7 +162,7 @@ class Kube:
         """Creates the object; False if one of that name already exists, Rejected if the API
         server refuses it."""
         try:
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+            self.request("POST", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}", body)
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -142,8 +171,8 @@ class Kube:
 
     def patch_spec(self, plural: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
         try:
-            self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, {"spec": spec}
+            self.request(
+                "PATCH", _path(plural, namespace, name), {"spec": spec}, content_type=MERGE_PATCH
             )
         except ApiException as error:
             if error.status != 404:
@@ -157,9 +186,7 @@ class Kube:
             raise LookupError(f"{plural}/{name} not found")
         body["spec"] = spec
         try:
-            self.custom.replace_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, body
-            )
+            self.request("PUT", _path(plural, namespace, name), body)
         except ApiException as error:
             if error.status == 409:
                 raise Conflict(f"{plural}/{name} changed") from error
@@ -167,9 +194,7 @@ class Kube:
 
     def delete(self, plural: str, namespace: str, name: str) -> None:
         try:
-            self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, propagation_policy="Background"
-            )
+            self.request("DELETE", _path(plural, namespace, name), query=BACKGROUND)
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -198,45 +223,16 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._send("POST", f"/api/v1/namespaces/{involved['namespace']}/events", body)
+        self.request("POST", f"/api/v1/namespaces/{involved['namespace']}/events", body)
 
     # --- Jobs and Pods ---
-    # The typed client would turn each response into models and back into plain data (a tenth
-    # of the operator's CPU under load): these ask for the raw JSON instead.
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        """A request with plain data in and out. The typed client's methods validate their
-        arguments into its models first (a pydantic model of a whole Job: 3-8 % of the
-        operator's CPU under load) only to turn them back into JSON."""
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        request = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(*request)
-        data = response.read()
-        response.response.release_conn()  # back to the pool: no new TLS handshake next time
-        if not 200 <= response.status <= 299:
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
-        return json.loads(data)
 
     def create_job(self, body: dict[str, Any]) -> bool:
         """Creates the Job; False if it already exists (a retried or repeated decision),
         Rejected if the API server refuses it."""
         try:
             namespace = body["metadata"]["namespace"]
-            self._send("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", body)
+            self.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", body)
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -245,35 +241,30 @@ class Kube:
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            response = self.batch.read_namespaced_job(name, namespace, _preload_content=False)
+            result: dict[str, Any] = self.request("GET", _job_path(namespace, name))
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        result: dict[str, Any] = response_json(response)
         return result
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            self.request("DELETE", _job_path(namespace, name), query=BACKGROUND)
         except ApiException as error:
             if error.status != 404:
                 raise
 
     def whoami(self) -> str:
         """The user the API server authenticates this client as (`kubectl auth whoami`)."""
-        response = client.AuthenticationV1Api(self.core.api_client).create_self_subject_review(
-            client.V1SelfSubjectReview(
-                api_version="authentication.k8s.io/v1", kind="SelfSubjectReview"
-            ),
-            _preload_content=False,
-        )
-        return str(response_json(response)["status"]["userInfo"]["username"])
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        answer = self.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
+        return str(answer["status"]["userInfo"]["username"])
 
     def namespace_labels(self, name: str) -> dict[str, str]:
         """A namespace's labels ({} once it is gone: its Runs go with it)."""
         try:
-            namespace = self._send("GET", f"/api/v1/namespaces/{name}")
+            namespace = self.request("GET", f"/api/v1/namespaces/{name}")
         except ApiException as error:
             if error.status == 404:
                 return {}
@@ -283,22 +274,19 @@ class Kube:
 
     def list_config_maps(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         """The ConfigMaps of a namespace that match the label selector."""
-        response = self.core.list_namespaced_config_map(
-            namespace, label_selector=label_selector, _preload_content=False
-        )
-        items: list[dict[str, Any]] = response_json(response)["items"]
+        path = f"/api/v1/namespaces/{namespace}/configmaps"
+        listed = self.request("GET", path, query={"labelSelector": label_selector})
+        items: list[dict[str, Any]] = listed["items"]
         return items
 
     def pod_create_error(self, namespace: str, job_name: str) -> str | None:
         """Why the Job controller could not create the Job's Pod, from its latest FailedCreate
         Event (e.g. a missing ServiceAccount, a quota, an admission policy)."""
-        response = self.core.list_namespaced_event(
-            namespace,
-            field_selector=f"involvedObject.kind=Job,involvedObject.name={job_name},"
-            "reason=FailedCreate",
-            _preload_content=False,
+        selector = f"involvedObject.kind=Job,involvedObject.name={job_name},reason=FailedCreate"
+        listed = self.request(
+            "GET", f"/api/v1/namespaces/{namespace}/events", query={"fieldSelector": selector}
         )
-        events: list[dict[str, Any]] = response_json(response)["items"]
+        events: list[dict[str, Any]] = listed["items"]
         if not events:
             return None
         latest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
@@ -307,10 +295,9 @@ class Kube:
     def job_pod(self, namespace: str, job_name: str) -> dict[str, Any] | None:
         """The Pod of a finished Job: backoffLimit 0 lets only one run to its end, but a Pod
         stopped by a Kueue eviction may still be going away: the newest not being deleted."""
-        response = self.core.list_namespaced_pod(
-            namespace, label_selector=f"job-name={job_name}", _preload_content=False
-        )
-        pods: list[dict[str, Any]] = response_json(response)["items"]
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        listed = self.request("GET", path, query={"labelSelector": f"job-name={job_name}"})
+        pods: list[dict[str, Any]] = listed["items"]
         pods.sort(
             key=lambda pod: (
                 "deletionTimestamp" not in pod["metadata"],
@@ -323,6 +310,10 @@ class Kube:
 def _path(plural: str, namespace: str, name: str) -> str:
     """The URL path of one of NOFX's own objects."""
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}"
+
+
+def _job_path(namespace: str, name: str) -> str:
+    return f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}"
 
 
 def _now() -> str:

@@ -23,7 +23,7 @@ def pod(job: str, phase: str, *, container: str = CONTAINER_NAME, **terminated: 
 
 
 def pods() -> StepPods:
-    return StepPods(cast(client.CoreV1Api, None))
+    return StepPods(client.ApiClient())
 
 
 def test_a_pod_that_succeeded_is_kept_with_its_agent_containers_termination() -> None:
@@ -123,7 +123,8 @@ class FakeCore:
 
 def test_the_watch_lists_follows_and_lists_again_when_its_version_is_gone() -> None:
     core = FakeCore()
-    watch = StepPods(cast(client.CoreV1Api, core))
+    watch = pods()
+    watch.core = cast(client.CoreV1Api, core)
     core.watcher = watch
     watch._follow("")
     assert [call.get("watch", False) for call in core.calls] == [False, True, False, True]

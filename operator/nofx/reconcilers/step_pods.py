@@ -43,8 +43,9 @@ class Gone(Exception):
 
 
 class StepPods:
-    def __init__(self, core: client.CoreV1Api, namespaces: tuple[str, ...] = ()) -> None:
-        self.core = core
+    def __init__(self, api: client.ApiClient, namespaces: tuple[str, ...] = ()) -> None:
+        # The typed client: its raw responses stream a watch, which Kube.request does not.
+        self.core = client.CoreV1Api(api)
         self._lock = threading.Lock()
         # Job → (when seen, the agent container's terminated state), oldest first.
         self._succeeded: OrderedDict[JobKey, tuple[float, dict[str, Any]]] = OrderedDict()
