@@ -77,18 +77,20 @@ class StepPods:
         was kept longer than KEEP_SECONDS."""
         metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
         job = (metadata.get("labels") or {}).get(JOB_NAME_LABEL)
-        if job and status.get("phase") == "Succeeded":
-            for container in status.get("containerStatuses") or []:
-                terminated = (container.get("state") or {}).get("terminated")
-                if container.get("name") == CONTAINER_NAME and terminated:
-                    with self._lock:
-                        self._succeeded[(metadata["namespace"], job)] = (now, terminated)
-                        self._succeeded.move_to_end((metadata["namespace"], job))
+        terminated = next(
+            (
+                (container.get("state") or {}).get("terminated")
+                for container in status.get("containerStatuses") or []
+                if container.get("name") == CONTAINER_NAME
+            ),
+            None,
+        )
         with self._lock:
-            while self._succeeded:
-                seen_at = next(iter(self._succeeded.values()))[0]
-                if now - seen_at < KEEP_SECONDS:
-                    break
+            if job and terminated and status.get("phase") == "Succeeded":
+                key = (metadata["namespace"], job)
+                self._succeeded[key] = (now, terminated)
+                self._succeeded.move_to_end(key)
+            while self._succeeded and now - next(iter(self._succeeded.values()))[0] >= KEEP_SECONDS:
                 self._succeeded.popitem(last=False)
 
     def held(self) -> int:
