@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from nofx.api.common import GROUP, VERSION
 from nofx.api_errors import Conflict, rejected
@@ -69,6 +72,35 @@ class Kube:
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
         return json.loads(data)
+
+    @contextmanager
+    def stream(self, path: str, query: dict[str, str], read_timeout: float) -> Iterator[Any]:
+        """The lines of a streaming GET (a watch), as they arrive."""
+        request = self.api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*request, _request_timeout=(10, read_timeout))
+        raw, read_to_end = response.response, False
+
+        def lines() -> Iterator[str]:
+            nonlocal read_to_end
+            yield from iter_resp_lines(raw)
+            read_to_end = True
+
+        try:
+            if not 200 <= response.status <= 299:
+                response.read()
+                raise ApiException.from_response(http_resp=response, body=None, data=None)
+            yield lines()
+        finally:
+            if read_to_end:
+                raw.release_conn()  # back to the pool for the next request
+            else:
+                raw.close()  # unread data must not reach the next request on this connection
 
     # --- custom resources ---
 
@@ -318,12 +350,3 @@ def _job_path(namespace: str, name: str) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def response_json(response: Any) -> Any:
-    """The body of a response asked for with _preload_content=False, its connection back in
-    the pool (else every such request would cost a new TLS handshake)."""
-    try:
-        return json.loads(response.data)
-    finally:
-        response.release_conn()

@@ -122,7 +122,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
             budgets.start()
     names = [*INDEXES, *(workloads.INDEXES if OPTIONS.kueue else ())]
     indexes = {name: kwargs[name] for name in names}
-    step_pods = StepPods(client.api, OPTIONS.namespaces)
+    step_pods = StepPods(client, OPTIONS.namespaces)
     step_pods.start()
     reconciler = RunReconciler(client, limits, mirror, indexes, budgets, step_cache, step_pods)
     reconciler.start(workers=OPTIONS.workers)

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from kubernetes import client
-
 from nofx.builders.job import CONTAINER_NAME
 from nofx.builders.job_status import observe_job, with_pod
+from nofx.kube import Kube
 from nofx.reconcilers.step_pods import JOB_NAME_LABEL, KEEP_SECONDS, StepPods
 from tests.unit.run_harness import NAMESPACE, Harness, step
 
@@ -23,7 +22,19 @@ def pod(job: str, phase: str, *, container: str = CONTAINER_NAME, **terminated: 
 
 
 def pods() -> StepPods:
-    return StepPods(client.ApiClient())
+    return StepPods(cast(Kube, None))
+
+
+def test_what_the_watch_lists_and_changes_is_seen() -> None:
+    watch = pods()
+    watch.listed([pod("j1", "Succeeded", exitCode=0, message="{}")])
+    watch.changed("MODIFIED", pod("j2", "Succeeded", exitCode=0, message="{}"))
+    watch.changed("DELETED", pod("j3", "Succeeded", exitCode=0, message="{}"))
+    assert [watch.succeeded(NAMESPACE, job) is not None for job in ("j1", "j2", "j3")] == [
+        True,
+        True,
+        False,
+    ], "a deleted Pod's event adds nothing: the Pod's success was seen before, if ever"
 
 
 def test_a_pod_that_succeeded_is_kept_with_its_agent_containers_termination() -> None:
@@ -78,56 +89,3 @@ def test_a_failed_step_lists_its_pods() -> None:
     h.reconcile()
     assert h.kube.called("job_pod") == [(NAMESPACE, h.job_name("a", 1))]
     assert h.step("a").phase == "Failed"
-
-
-class FakeResponse:
-    def __init__(self, body: Any) -> None:
-        lines = body if isinstance(body, list) else [body]
-        self.data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-
-    def stream(self, amt: Any = None, decode_content: bool = False) -> Any:
-        yield self.data
-
-    def release_conn(self) -> None:
-        pass
-
-
-class FakeCore:
-    """Answers the watch's requests in turn: a list, a watch the server ends with 410 Gone,
-    a list again, a watch that fails, then stops the watch."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.watcher: StepPods | None = None
-
-    def list_pod_for_all_namespaces(self, **kwargs: Any) -> FakeResponse:
-        self.calls.append(kwargs)
-        assert kwargs["label_selector"] == "app.kubernetes.io/managed-by=nofx-operator"
-        assert kwargs["field_selector"] == "status.phase=Succeeded"
-        later = pod("j2", "Succeeded", exitCode=0, message="{}")
-        later["metadata"]["resourceVersion"] = "11"
-        answers = [
-            {"items": [pod("j1", "Succeeded", exitCode=0)], "metadata": {"resourceVersion": "10"}},
-            [
-                {"type": "MODIFIED", "object": later},
-                {"type": "ERROR", "object": {"code": 410, "message": "too old"}},
-            ],
-            {"items": [], "metadata": {"resourceVersion": "20"}},
-        ]
-        if len(self.calls) > len(answers):
-            assert self.watcher is not None
-            self.watcher.stop()
-            raise RuntimeError("the API server went away")
-        return FakeResponse(answers[len(self.calls) - 1])
-
-
-def test_the_watch_lists_follows_and_lists_again_when_its_version_is_gone() -> None:
-    core = FakeCore()
-    watch = pods()
-    watch.core = cast(client.CoreV1Api, core)
-    core.watcher = watch
-    watch._follow("")
-    assert [call.get("watch", False) for call in core.calls] == [False, True, False, True]
-    assert core.calls[1]["resource_version"] == "10" and core.calls[3]["resource_version"] == "20"
-    assert watch.succeeded(NAMESPACE, "j1") is not None
-    assert watch.succeeded(NAMESPACE, "j2") is not None

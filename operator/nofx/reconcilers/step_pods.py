@@ -12,55 +12,43 @@ it holds is never stale.
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 import time
 from collections import OrderedDict
 from typing import Any
 
-from kubernetes import client
-from kubernetes.watch.watch import iter_resp_lines
-
 from nofx.builders.job import CONTAINER_NAME
 from nofx.builders.labels import MANAGED_BY
-from nofx.kube import response_json
-
-log = logging.getLogger("nofx.pods")
+from nofx.kube import Kube
+from nofx.watching import Watch
 
 KEEP_SECONDS = 300.0  # how long a finished Pod's outputs stay after its watch event
-WATCH_SECONDS = 300  # the API server ends each watch after this long; it resumes where it was
-RETRY_SECONDS = 5.0  # after a failed list or watch, doubled while it keeps failing (RBAC)
-MAX_RETRY_SECONDS = 300.0
 SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED_BY.items())
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 JobKey = tuple[str, str]  # (namespace, Job name)
 
 
-class Gone(Exception):
-    """The watch's resourceVersion is too old: list again."""
-
-
 class StepPods:
-    def __init__(self, api: client.ApiClient, namespaces: tuple[str, ...] = ()) -> None:
-        # The typed client: its raw responses stream a watch, which Kube.request does not.
-        self.core = client.CoreV1Api(api)
+    def __init__(self, kube: Kube, namespaces: tuple[str, ...] = ()) -> None:
         self._lock = threading.Lock()
         # Job → (when seen, the agent container's terminated state), oldest first.
         self._succeeded: OrderedDict[JobKey, tuple[float, dict[str, Any]]] = OrderedDict()
-        self._stopped = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._follow, args=(namespace,), daemon=True, name="pods")
+        # Only Pods that succeeded: the API server filters out the half dozen updates a step
+        # Pod goes through before (created, bound, running), which this watch would decode.
+        query = {"labelSelector": SELECTOR, "fieldSelector": "status.phase=Succeeded"}
+        self.watches = [
+            Watch(kube, _pods_path(namespace), query, self, "step Pod")
             for namespace in namespaces or ("",)  # "": every namespace
         ]
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        for watch in self.watches:
+            watch.start()
 
     def stop(self) -> None:
-        self._stopped.set()
+        for watch in self.watches:
+            watch.stop()
 
     def succeeded(self, namespace: str, job_name: str) -> dict[str, Any] | None:
         """The Job's Pod that succeeded, shaped as the API server returns a Pod (only its agent
@@ -97,63 +85,17 @@ class StepPods:
         with self._lock:
             return len(self._succeeded)
 
-    # --- the watch ---
+    # --- what the watch tells (Followed) ---
 
-    def _follow(self, namespace: str) -> None:
-        delay = RETRY_SECONDS
-        while not self._stopped.is_set():
-            try:
-                version = self._list(namespace)
-                delay = RETRY_SECONDS
-                while not self._stopped.is_set():
-                    version = self._watch(namespace, version)
-            except Gone:
-                continue
-            except Exception as error:  # the watch only saves work: steps LIST meanwhile
-                log.warning("the step Pod watch failed; retrying in %.0f s: %s", delay, error)
-                self._stopped.wait(delay)
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
-
-    def _pods(self, namespace: str, **kwargs: Any) -> Any:
-        """The raw response of a list or watch of step Pods, in one namespace or all."""
-        # Only Pods that succeeded: the API server filters out the half dozen updates a step
-        # Pod goes through before (created, bound, running), which this watch would decode.
-        kwargs.update(
-            label_selector=SELECTOR, field_selector="status.phase=Succeeded", _preload_content=False
-        )
-        if namespace:
-            return self.core.list_namespaced_pod(namespace, **kwargs)
-        return self.core.list_pod_for_all_namespaces(**kwargs)
-
-    def _list(self, namespace: str) -> str:
-        body = response_json(self._pods(namespace))
+    def listed(self, objects: list[dict[str, Any]]) -> None:
         now = time.monotonic()
-        for pod in body.get("items") or []:
+        for pod in objects:
             self.see(pod, now)
-        return str(body["metadata"]["resourceVersion"])
 
-    def _watch(self, namespace: str, version: str) -> str:
-        """Follows the watch until the server ends it; returns the last resourceVersion."""
-        response = self._pods(
-            namespace,
-            watch=True,
-            resource_version=version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=WATCH_SECONDS,
-        )
-        try:
-            for line in iter_resp_lines(response):
-                if self._stopped.is_set():
-                    break
-                event = json.loads(line)
-                kind, pod = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if pod.get("code") == 410:
-                        raise Gone
-                    raise RuntimeError(pod.get("message") or "watch error")
-                version = pod.get("metadata", {}).get("resourceVersion", version)
-                if kind in ("ADDED", "MODIFIED"):
-                    self.see(pod, time.monotonic())
-        finally:
-            response.release_conn()
-        return version
+    def changed(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind != "DELETED":
+            self.see(obj, time.monotonic())
+
+
+def _pods_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
