@@ -18,19 +18,21 @@ from nofx import kube, metrics
 from nofx.mirror.keys import KeyRing
 from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
+from nofx.peering import PEERING_NAME, Peering, own_identity
 from nofx.planner.facts import Limits
 from nofx.reconcilers import agents, context, runs, schedules, templates, workloads  # noqa: F401 - handlers
 from nofx.reconcilers.account_budgets import AccountBudgets
 from nofx.reconcilers.run_reconciler import RunReconciler
 from nofx.reconcilers.schedules import ScheduleReconciler
 from nofx.reconcilers.step_cache import StepCache
+from nofx.reconcilers.step_jobs import StepJobs
 from nofx.reconcilers.step_pods import StepPods
+from nofx.workqueue import WorkerPool
 
 log = logging.getLogger("nofx.operator")
 
-PEERING_NAME = "nofx"
+IDENTITY = own_identity()  # this replica's, in Kopf's peering and in ours (nofx.peering)
 INDEXES = (
-    "step_jobs",
     "child_runs_by_parent",
     "child_runs_by_root",
     "agents_by_namespace",
@@ -124,11 +126,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     indexes = {name: kwargs[name] for name in names}
     step_pods = StepPods(client, OPTIONS.namespaces)
     step_pods.start()
-    reconciler = RunReconciler(client, limits, mirror, indexes, budgets, step_cache, step_pods)
+    step_jobs = StepJobs(client, OPTIONS.namespaces)
+    reconciler = RunReconciler(
+        client, limits, mirror, indexes, budgets, step_cache, step_pods, step_jobs
+    )
     reconciler.start(workers=OPTIONS.workers)
+    step_jobs.start()  # after the reconciler: what it finds first goes to a running queue
     scheduler = ScheduleReconciler(client, indexes)
     scheduler.start()
-    context.OperatorContext(client, reconciler, mirror, indexes, scheduler).keep_on(memo)
+    peering = None
+    if not OPTIONS.standalone:
+        pools = (reconciler.workers, scheduler.workers)
+        peering = follow_peering(client, settings.peering.priority, pools)
+    context.OperatorContext(client, reconciler, mirror, indexes, scheduler, peering).keep_on(memo)
     start_http_server(OPTIONS.metrics_port)
     log.info(
         "operator started",
@@ -145,11 +155,32 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     )
 
 
+def follow_peering(
+    client: kube.Kube, priority: int, pools: tuple[WorkerPool[Any, Any], ...]
+) -> Peering:
+    """The reconcilers' pools stand by until the peering object says otherwise, as Kopf
+    does, and follow it from then on."""
+    for pool in pools:
+        pool.set_paused(True)
+    loop = asyncio.get_running_loop()
+
+    def active(now: bool) -> None:
+        for pool in pools:
+            loop.call_soon_threadsafe(pool.set_paused, not now)
+
+    peering = Peering(client, IDENTITY, priority, OPTIONS.namespaces, active)
+    peering.start()
+    return peering
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx = context.of(memo)
+    if ctx.peering is not None:
+        ctx.peering.stop()
     await ctx.runs.stop()
     await ctx.schedules.stop()
+    ctx.runs.step_jobs.stop()
     if ctx.runs.step_pods is not None:
         ctx.runs.step_pods.stop()
     if ctx.runs.account_budgets is not None:
@@ -185,5 +216,6 @@ def run(options: Options) -> None:
         namespaces=list(options.namespaces),
         standalone=options.standalone,
         peering_name=None if options.standalone else PEERING_NAME,
+        identity=IDENTITY,  # type: ignore[arg-type]  # Kopf's Identity: a str NewType it does not export
         liveness_endpoint=f"http://0.0.0.0:{options.health_port}/healthz",
     )

@@ -16,9 +16,13 @@ from .objects import agent, apply, run, step
 PEERING = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "nofx"}}
 
 
-def created_jobs(replica: OperatorProcess) -> int:
+def logged(replica: OperatorProcess, message: str) -> int:
     lines = replica.log_path.read_text().splitlines()
-    return sum(1 for line in lines if '"message": "created Job"' in line)
+    return sum(1 for line in lines if f'"message": "{message}"' in line)
+
+
+def created_jobs(replica: OperatorProcess) -> int:
+    return logged(replica, "created Job")
 
 
 def test_two_replicas_one_active_then_failover(
@@ -49,9 +53,15 @@ def test_two_replicas_one_active_then_failover(
 
     active = replicas[counts.index(2)]
     standby = replicas[counts.index(0)]
+    # The operator's own watches and timers stood by too: the standby's step Job watch saw
+    # the Jobs finish, and it created none.
+    assert logged(active, "this replica is active") >= 1
+    assert logged(standby, "this replica is active") == 0
+    assert logged(standby, "this replica stands by") >= 1
     active.kill()
     apply(kubectl, namespace, run("second", steps=[step("a")]))
     body = wait_for_phase(kubectl, namespace, "second", {"Succeeded", "Failed"}, timeout=90)
     assert body["status"]["phase"] == "Succeeded"
     assert created_jobs(standby) == 1
+    assert logged(standby, "this replica is active") == 1
     standby.stop()

@@ -4,15 +4,11 @@ Kopf's would be, and the Job controller's and kubelet's part played by finish_jo
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from typing import Any, cast
 
 from nofx.api import AgentSpec, RunStatus, StepStatus
 from nofx.api.common import API_VERSION
 from nofx.builders.job import CONTAINER_NAME
-from nofx.builders.job_status import observe_job
-from nofx.builders.labels import AGENT_LABEL
-from nofx.builders.ownership import owning_run
 from nofx.kube import Kube
 from nofx.planner.naming import job_name
 from nofx.reconcilers import observe
@@ -58,16 +54,9 @@ class Harness:
         known = self.kube.own_writes.latest("runs", NAMESPACE, NAME)
         if run is not None and (known is None or known["metadata"] != run["metadata"]):
             self.kube.own_writes.seen("runs", run)
-        jobs: dict[Any, list[Any]] = defaultdict(list)
-        for (plural, namespace, name), body in self.kube.objects.items():
-            if plural != "jobs":
-                continue
-            observation = observe_job(body)
-            jobs[("run", namespace, owning_run(body))].append(observation)
-            if observation.state == "Active":
-                jobs[("agent", namespace, body["metadata"]["labels"][AGENT_LABEL])].append(name)
+        jobs = [body for (plural, _, _), body in self.kube.objects.items() if plural == "jobs"]
+        self.reconciler.step_jobs.listed("", jobs)
         self.reconciler.indexes = {
-            "step_jobs": jobs,
             "child_runs_by_parent": {},
             "child_runs_by_root": {},
             "agents_by_namespace": {NAMESPACE: list(self.agents.items())},
@@ -90,7 +79,9 @@ class Harness:
             self.reconciler._report_failure(KEY, reconcile_error or error, retry)
 
     def _observed(self) -> observe.Observed:
-        return observe.observe(self.reconciler.indexes, KEY, self.reconciler.waiters.version)
+        return observe.observe(
+            self.reconciler.indexes, self.reconciler.step_jobs, KEY, self.reconciler.waiters.version
+        )
 
     @property
     def body(self) -> dict[str, Any]:

@@ -538,3 +538,29 @@ def test_a_worker_pool_reconciles_retries_forgets_and_stops() -> None:
             await pool.queue.get()
 
     run(scenario())
+
+
+def test_a_paused_pool_holds_keys_without_timers_and_reconciles_them_on_resuming() -> None:
+    async def scenario() -> None:
+        seen: list[Key] = []
+
+        async def reconcile(key: Key, _: None) -> Result:
+            seen.append(key)
+            return Result()
+
+        pool: WorkerPool[Key, None] = WorkerPool(reconcile)
+        pool.set_paused(True)
+        pool.start(1)
+        pool.timers.schedule(A, seconds(60))
+        pool.queue.add(A)
+        pool.queue.add(B)
+        pool.queue.add(C)
+        await until(lambda: len(pool.queue) == 0 and not pool.queue.is_processing(C))
+        pool.forget(C)  # gone while held: not reconciled on resuming
+        assert seen == [] and pool.timers.due_at(A) is None, "a standby sets no timers"
+        pool.set_paused(False)
+        await until(lambda: sorted(seen) == [A, B])
+        await pool.stop()
+        assert C not in seen
+
+    run(scenario())

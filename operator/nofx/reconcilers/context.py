@@ -11,6 +11,7 @@ import kopf
 
 from nofx.kube import Kube
 from nofx.mirror.writer import MirrorWriter
+from nofx.peering import Peering
 
 if TYPE_CHECKING:  # their modules register handlers that import this one
     from nofx.reconcilers.run_reconciler import RunReconciler
@@ -26,6 +27,7 @@ class OperatorContext:
     mirror: MirrorWriter | None  # None: no Postgres mirror configured
     indexes: dict[str, Any]  # Kopf's in-memory indexes, by name
     schedules: ScheduleReconciler
+    peering: Peering | None  # None: standalone, always active
 
     def keep_on(self, memo: kopf.Memo) -> None:
         memo[MEMO_KEY] = self

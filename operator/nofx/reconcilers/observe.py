@@ -1,7 +1,7 @@
-"""What the Run reconciler knows of a Run before it decides: a copy of Kopf's indexes for it,
-completed by reads the indexes cannot answer (the Pod of a finished Job the Pod watch did not
-see, why a Job has no Pod,
-a child Run or Job missing from the index), and the Run itself as plain data."""
+"""What the Run reconciler knows of a Run before it decides: a copy of Kopf's indexes and of
+the step Job watch for it, completed by reads they cannot answer (the Pod of a finished Job
+the Pod watch did not see, why a Job has no Pod, a child Run or Job missing from them), and
+the Run itself as plain data."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from nofx.kube import Kube
 from nofx.planner.attempts import POD_START_CHECK
 from nofx.planner.facts import ChildRunObservation, JobObservation, RunView
 from nofx.planner.naming import job_name
+from nofx.reconcilers.step_jobs import StepJobs
 from nofx.reconcilers.step_pods import StepPods
 
 RunKey = tuple[str, str]  # (namespace, name)
@@ -45,10 +46,13 @@ class Observed:
     waiters_version: int
 
 
-def observe(indexes: dict[str, Any], key: RunKey, waiters_version: int) -> Observed:
-    """A consistent copy of the indexes for one Run, taken on the event loop's thread."""
+def observe(
+    indexes: dict[str, Any], step_jobs: StepJobs, key: RunKey, waiters_version: int
+) -> Observed:
+    """A consistent copy of the indexes and the Job watch for one Run, taken on the event
+    loop's thread."""
     namespace = key[0]
-    jobs = {job.name: job for job in indexes["step_jobs"].get(("run", *key), [])}
+    jobs = step_jobs.of_run(*key)
     workloads = indexes.get("workloads_by_job")  # only with Kueue
     if workloads is not None:
         for name, job in jobs.items():
@@ -59,7 +63,7 @@ def observe(indexes: dict[str, Any], key: RunKey, waiters_version: int) -> Obser
     agents = {n: spec for n, spec in indexes["agents_by_namespace"].get(namespace, [])}
     templates = dict(indexes["templates_by_namespace"].get(namespace, []))
     active = {
-        agent: set(indexes["step_jobs"].get(("agent", namespace, label_value(agent)), []))
+        agent: step_jobs.active_of_agent(namespace, label_value(agent))
         for agent, spec in agents.items()
         if spec.max_concurrent_steps is not None
     }

@@ -39,6 +39,7 @@ from nofx.reconcilers.apply import AUDIT_FINALIZER
 from nofx.reconcilers.errors import failures_before_showing, is_transient
 from nofx.reconcilers.observe import Observed
 from nofx.reconcilers.step_cache import StepCache
+from nofx.reconcilers.step_jobs import StepJob, StepJobs
 from nofx.reconcilers.step_pods import StepPods
 from nofx.reconcilers.waiters import Waiters
 from nofx.slots import AgentSlots
@@ -60,6 +61,7 @@ class RunReconciler:
         account_budgets: AccountBudgets | None = None,
         step_cache: StepCache | None = None,
         step_pods: StepPods | None = None,
+        step_jobs: StepJobs | None = None,
     ) -> None:
         self.kube = kube
         self.limits = limits or Limits()
@@ -69,6 +71,8 @@ class RunReconciler:
         if step_cache is not None:
             step_cache.on_answer = self._trigger_from_thread
         self.step_pods = step_pods  # None: every finished Job's Pod is listed
+        self.step_jobs = step_jobs or StepJobs()  # the operator's watches; tests fill it
+        self.step_jobs.on_finished = self._job_finished_from_thread
         self.indexes = indexes or {}  # Kopf's in-memory indexes, by name
         self.slots = AgentSlots()
         self.waiters = Waiters()
@@ -110,6 +114,19 @@ class RunReconciler:
         for key in keys:
             self.queue.add(key)
 
+    def _job_finished_from_thread(self, job: StepJob) -> None:
+        """The step Job watch saw a Job finish (or go): its Agent slot is free for the Runs
+        waiting on one, and its Run has a step to move on."""
+        self.slots.release(job.namespace, job.agent, job.observation.name)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._job_finished, job)
+
+    def _job_finished(self, job: StepJob) -> None:
+        if job.agent:
+            self.trigger_soon(self.waiters.pop(job.namespace, "AgentSlot", job.agent))
+        if job.run:
+            self.trigger((job.namespace, job.run))
+
     def is_own_write(self, key: RunKey, body: Mapping[str, Any]) -> bool:
         """The watch event of a write of ours (the reconciler's finalizer or status, the
         mirror's acknowledgement). Not while the Run is being deleted: the mirror's last
@@ -130,7 +147,9 @@ class RunReconciler:
 
     async def reconcile(self, key: RunKey, body: dict[str, Any] | None) -> Result:
         """One pass: the indexes are copied on the loop's thread, the rest runs in a thread."""
-        observed = observe.observe(self.indexes, key, self.waiters.version)
+        if not self.step_jobs.listed_once.is_set():  # a Run's Jobs unknown: it would redo them
+            await asyncio.to_thread(self.step_jobs.listed_once.wait)
+        observed = observe.observe(self.indexes, self.step_jobs, key, self.waiters.version)
         return await asyncio.to_thread(self._reconcile, key, body, observed)
 
     async def _failed(self, key: RunKey, error: Exception, retry: Retry) -> None:

@@ -24,7 +24,8 @@ async def workloads_by_job(namespace: Any, body: kopf.Body, **_: Any) -> Any:
 async def workload_event(namespace: Any, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     job = workload_job(dict(body))
     ctx = context.of(memo)
-    for run in ctx.indexes["step_jobs"].get(("job", namespace, job), []):
+    run = ctx.runs.step_jobs.run_of_job(namespace, job) if job else None
+    if run:
         ctx.runs.trigger((namespace, run))
 
 

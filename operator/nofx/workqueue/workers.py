@@ -77,7 +77,11 @@ async def handle(
 class WorkerPool(Generic[K, P]):
     """A reconciler's queue with its timers and backoff, and the worker tasks that drain it:
     what the Run and Schedule reconcilers each start at the operator's startup and stop at
-    its cleanup."""
+    its cleanup.
+
+    A paused pool (a standby replica, see nofx.peering) reconciles nothing: keys that come up
+    meanwhile, from events or timers, are held without their timers and come back when it
+    resumes."""
 
     def __init__(
         self,
@@ -90,15 +94,31 @@ class WorkerPool(Generic[K, P]):
         self.timers: Timers[K] = Timers(LoopClock(), self.queue.add)
         self._reconcile, self._on_error = reconcile, on_error
         self._tasks: list[asyncio.Task[None]] = []
+        self.paused = False
+        self._held: set[K] = set()
 
     def start(self, workers: int) -> None:
         """Starts the workers on the running loop."""
         self._tasks = [
             asyncio.create_task(
-                worker(self.queue, self.timers, self.backoff, self._reconcile, self._on_error)
+                worker(self.queue, self.timers, self.backoff, self._unless_paused, self._on_error)
             )
             for _ in range(workers)
         ]
+
+    def set_paused(self, paused: bool) -> None:
+        """On the loop's thread. Resuming adds every key held meanwhile."""
+        self.paused = paused
+        if not paused:
+            for key in self._held:
+                self.queue.add(key)
+            self._held.clear()
+
+    async def _unless_paused(self, key: K, payload: P | None) -> Result:
+        if self.paused:
+            self._held.add(key)
+            return Result()  # no timer either: the key comes back on resuming
+        return await self._reconcile(key, payload)
 
     async def stop(self) -> None:
         """No more timers; keys still waiting are dropped, the passes under way finish."""
@@ -110,3 +130,4 @@ class WorkerPool(Generic[K, P]):
         """An object that is gone: no retry, no timer."""
         self.backoff.forget(key)
         self.timers.cancel(key)
+        self._held.discard(key)
