@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nofx.kube import Kube
-from nofx.watching import Watch
+from nofx.watching import Watch, Watching
 
 log = logging.getLogger("nofx.peering")
 
@@ -56,7 +56,7 @@ def blocking_peers(
     return blocking
 
 
-class Peering:
+class Peering(Watching):
     def __init__(
         self,
         kube: Kube,
@@ -77,14 +77,6 @@ class Peering:
             Watch(kube, _peerings_path(scope), query, _Scope(self, scope), "peering")
             for scope in self._blocking
         ]
-
-    def start(self) -> None:
-        for watch in self.watches:
-            watch.start()
-
-    def stop(self) -> None:
-        for watch in self.watches:
-            watch.stop()
 
     def saw(self, scope: str, peering: dict[str, Any] | None) -> None:
         """The peering object of a scope as it is now (None: there is none)."""

@@ -102,3 +102,18 @@ class Watch:
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self.followed.changed(kind, obj)
         return version
+
+
+class Watching:
+    """What an object kept up to date by watches (one per namespace, or one for all) starts
+    and stops."""
+
+    watches: list[Watch]
+
+    def start(self) -> None:
+        for watch in self.watches:
+            watch.start()
+
+    def stop(self) -> None:
+        for watch in self.watches:
+            watch.stop()

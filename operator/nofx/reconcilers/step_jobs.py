@@ -21,7 +21,7 @@ from nofx.builders.labels import AGENT_LABEL, RUN_LABEL
 from nofx.builders.ownership import owning_run
 from nofx.kube import Kube
 from nofx.planner.facts import JobObservation
-from nofx.watching import Watch
+from nofx.watching import Watch, Watching
 
 JobKey = tuple[str, str]  # (namespace, Job name)
 
@@ -39,7 +39,7 @@ class StepJob:
 Finished = Callable[[StepJob], None]
 
 
-class StepJobs:
+class StepJobs(Watching):
     def __init__(self, kube: Kube | None = None, namespaces: tuple[str, ...] = ()) -> None:
         self.on_finished: Finished | None = None
         self.listed_once = threading.Event()  # every watch listed: the reconciler may start
@@ -59,14 +59,6 @@ class StepJobs:
             if kube is not None
             else []
         )
-
-    def start(self) -> None:
-        for watch in self.watches:
-            watch.start()
-
-    def stop(self) -> None:
-        for watch in self.watches:
-            watch.stop()
 
     # --- what the Run reconciler reads ---
 

@@ -20,7 +20,7 @@ from typing import Any
 from nofx.builders.job import CONTAINER_NAME
 from nofx.builders.labels import MANAGED_BY
 from nofx.kube import Kube
-from nofx.watching import Watch
+from nofx.watching import Watch, Watching
 
 KEEP_SECONDS = 300.0  # how long a finished Pod's outputs stay after its watch event
 SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED_BY.items())
@@ -29,7 +29,7 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 JobKey = tuple[str, str]  # (namespace, Job name)
 
 
-class StepPods:
+class StepPods(Watching):
     def __init__(self, kube: Kube, namespaces: tuple[str, ...] = ()) -> None:
         self._lock = threading.Lock()
         # Job → (when seen, the agent container's terminated state), oldest first.
@@ -41,14 +41,6 @@ class StepPods:
             Watch(kube, _pods_path(namespace), query, self, "step Pod")
             for namespace in namespaces or ("",)  # "": every namespace
         ]
-
-    def start(self) -> None:
-        for watch in self.watches:
-            watch.start()
-
-    def stop(self) -> None:
-        for watch in self.watches:
-            watch.stop()
 
     def succeeded(self, namespace: str, job_name: str) -> dict[str, Any] | None:
         """The Job's Pod that succeeded, shaped as the API server returns a Pod (only its agent
