@@ -14,7 +14,7 @@ from typing import Any
 
 from kubernetes import client
 from measure import sustained_rate
-from observer import Observer, RawWatch
+from observer import Observer, watch_each
 from scenarios import STEP_SECONDS
 from system import Bench
 
@@ -73,6 +73,7 @@ def lifecycle_limit(bench: Bench, jobs: int, workers: int = 16) -> dict[str, Any
     return {
         "jobs": jobs,
         "completed": len(observer.job_done),
+        "observer_gaps": observer.gaps,
         "seconds": round(time.monotonic() - started, 2),
         "jobs_per_second": rate,
         "step_stages_ms": stages,
@@ -93,30 +94,29 @@ def chained_limit(bench: Bench, chains: int, length: int = 3) -> dict[str, Any]:
     def create(chain: int, step: int) -> None:
         batch.create_namespaced_job(namespace, _job(f"c{chain}-{step}", STEP_SECONDS))
 
-    def follow() -> None:
-        w = RawWatch()
-        for event in w.stream(batch.list_namespaced_job, namespace, timeout_seconds=600):
-            job = event["object"]
-            name = job["metadata"]["name"]
-            conditions = (job.get("status") or {}).get("conditions") or []
-            if name in done or not any(
-                c["type"] == "Complete" and c["status"] == "True" for c in conditions
-            ):
-                continue
-            done[name] = time.monotonic()
-            chain, step = (int(part) for part in name[1:].split("-"))
-            if step + 1 < length:
-                pool.submit(create, chain, step + 1)
-            if len(done) == chains * length:
-                w.stop()
+    all_done = threading.Event()
 
-    watcher = threading.Thread(target=follow, daemon=True)
-    watcher.start()
+    def see(job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        conditions = (job.get("status") or {}).get("conditions") or []
+        if name in done or not any(
+            c["type"] == "Complete" and c["status"] == "True" for c in conditions
+        ):
+            return
+        done[name] = time.monotonic()
+        chain, step = (int(part) for part in name[1:].split("-"))
+        if step + 1 < length:
+            pool.submit(create, chain, step + 1)
+        if len(done) == chains * length:
+            all_done.set()
+
+    watch = watch_each(bench.api, f"/apis/batch/v1/namespaces/{namespace}/jobs", see)
     time.sleep(0.5)
     started = time.monotonic()
     for chain in range(chains):
         pool.submit(create, chain, 0)
-    watcher.join(timeout=600)
+    all_done.wait(timeout=600)
+    watch.stop()
     pool.shutdown(wait=False, cancel_futures=True)
     bench.kubectl("delete", "namespace", namespace, "--wait=false")
     return {

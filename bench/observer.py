@@ -1,28 +1,45 @@
 """The benchmark's own watches of the cluster, with this process's clock: when each Job
 appeared and finished, when each Run succeeded, and the stages of each Job's Pod (`Observer`,
-whose `stage_breakdown` says where a step's time goes). `RawWatch` hands out the objects as
-plain JSON, so that this client costs less CPU than the operator it measures.
+whose `stage_breakdown` says where a step's time goes). The watches are the operator's own
+loop (nofx.watching): plain JSON, so that this client costs less CPU than the operator it
+measures, and a watch the API server ends or drops is listed again rather than lost.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client
 from measure import percentiles
 
+from nofx.kube import Kube
+from nofx.watching import Watch
 
-class RawWatch(watch.Watch):
-    """A watch that hands out objects as decoded JSON: building the client's models for every
-    Job and Pod event cost this benchmark's client more CPU than the operator under test."""
 
-    def get_return_type(self, func: Any) -> None:
-        return None
+class Each:
+    """What a watch tells, as calls of `see` with every object listed, added or modified."""
+
+    def __init__(self, see: Callable[[dict[str, Any]], None]) -> None:
+        self.see = see
+
+    def listed(self, objects: list[dict[str, Any]]) -> None:
+        for obj in objects:
+            self.see(obj)
+
+    def changed(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind != "DELETED":
+            self.see(obj)
+
+
+def watch_each(api: client.ApiClient, path: str, see: Callable[[dict[str, Any]], None]) -> Watch:
+    """Starts a watch of every object under `path` (a list URL), each handed to `see`."""
+    watch = Watch(Kube(api), path, {}, Each(see), f"bench {path}")
+    watch.start()
+    return watch
 
 
 @dataclass
@@ -37,59 +54,54 @@ class Observer:
     pod_stages: dict[str, dict[str, float]] = field(default_factory=dict)  # Job → stage → time
     job_run_step: dict[str, tuple[str, str]] = field(default_factory=dict)
     run_done: dict[str, float] = field(default_factory=dict)
-    watches: list[watch.Watch] = field(default_factory=list)
+    watches: list[Watch] = field(default_factory=list)
 
     def start(self) -> None:
-        for target in (self._jobs, self._runs, self._pods):
-            threading.Thread(target=self._quietly(target), daemon=True).start()
+        ns = self.namespace
+        self.watches = [
+            watch_each(self.api, f"/apis/batch/v1/namespaces/{ns}/jobs", self._job),
+            watch_each(self.api, f"/apis/nofx.dev/v1alpha1/namespaces/{ns}/runs", self._run),
+            watch_each(self.api, f"/api/v1/namespaces/{ns}/pods", self._pod),
+        ]
 
     def stop(self) -> None:
         for w in self.watches:
             w.stop()
 
-    def _quietly(self, target: Any) -> Any:
-        def run() -> None:
-            with contextlib.suppress(Exception):  # the control plane stopping ends the watch
-                target()
+    @property
+    def gaps(self) -> int:
+        """Watches the API server ended or dropped that had to list again: what happened
+        meanwhile is seen late, at the new list."""
+        return sum(max(0, w.lists - 1) for w in self.watches)
 
-        return run
+    def _job(self, job: dict[str, Any]) -> None:
+        now = time.monotonic()
+        name = job["metadata"]["name"]
+        labels = job["metadata"].get("labels") or {}
+        self.job_added.setdefault(name, now)
+        self.job_run_step[name] = (
+            labels.get("nofx.dev/run", ""),
+            labels.get("nofx.dev/step", ""),
+        )
+        conditions = (job.get("status") or {}).get("conditions") or []
+        finished = ("Complete", "Failed")
+        if any(c["type"] in finished and c["status"] == "True" for c in conditions):
+            self.job_done.setdefault(name, now)
 
-    def _jobs(self) -> None:
-        w = RawWatch()
-        self.watches.append(w)
-        for event in w.stream(client.BatchV1Api(self.api).list_namespaced_job, self.namespace):
-            now = time.monotonic()
-            job = event["object"]
-            name = job["metadata"]["name"]
-            labels = job["metadata"].get("labels") or {}
-            self.job_added.setdefault(name, now)
-            self.job_run_step[name] = (
-                labels.get("nofx.dev/run", ""),
-                labels.get("nofx.dev/step", ""),
-            )
-            conditions = (job.get("status") or {}).get("conditions") or []
-            finished = ("Complete", "Failed")
-            if any(c["type"] in finished and c["status"] == "True" for c in conditions):
-                self.job_done.setdefault(name, now)
-
-    def _pods(self) -> None:
-        w = RawWatch()
-        self.watches.append(w)
-        for event in w.stream(client.CoreV1Api(self.api).list_namespaced_pod, self.namespace):
-            now = time.monotonic()
-            pod = event["object"]
-            job = (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name")
-            if not job:
-                continue
-            stages = self.pod_stages.setdefault(job, {})
-            stages.setdefault("pod created", now)
-            if pod["spec"].get("nodeName"):
-                stages.setdefault("pod bound", now)
-            phase = (pod.get("status") or {}).get("phase")
-            if phase in ("Running", "Succeeded", "Failed"):
-                stages.setdefault("pod running", now)
-            if phase in ("Succeeded", "Failed"):
-                stages.setdefault("pod finished", now)
+    def _pod(self, pod: dict[str, Any]) -> None:
+        now = time.monotonic()
+        job = (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name")
+        if not job:
+            return
+        stages = self.pod_stages.setdefault(job, {})
+        stages.setdefault("pod created", now)
+        if pod["spec"].get("nodeName"):
+            stages.setdefault("pod bound", now)
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Running", "Succeeded", "Failed"):
+            stages.setdefault("pod running", now)
+        if phase in ("Succeeded", "Failed"):
+            stages.setdefault("pod finished", now)
 
     def stage_breakdown(self, next_job: dict[str, float] | None = None) -> dict[str, Any]:
         """Where a step's time goes: p50/p95 of each stage between the Job's creation and
@@ -108,13 +120,6 @@ class Observer:
                     gaps.setdefault(f"{before} → {after}", []).append(times[after] - times[before])
         return {stage: percentiles(values) for stage, values in gaps.items()}
 
-    def _runs(self) -> None:
-        w = RawWatch()
-        self.watches.append(w)
-        custom = client.CustomObjectsApi(self.api)
-        for event in w.stream(
-            custom.list_namespaced_custom_object, "nofx.dev", "v1alpha1", self.namespace, "runs"
-        ):
-            body = event["object"]
-            if (body.get("status") or {}).get("phase") == "Succeeded":
-                self.run_done.setdefault(body["metadata"]["name"], time.monotonic())
+    def _run(self, body: dict[str, Any]) -> None:
+        if (body.get("status") or {}).get("phase") == "Succeeded":
+            self.run_done.setdefault(body["metadata"]["name"], time.monotonic())

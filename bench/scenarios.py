@@ -116,6 +116,8 @@ def runs_at(bench: Bench, namespace: str, count: int, rate: float | None) -> dic
         "runs_per_second_applied": round(count / applied_for, 1),
         "runs_per_second_finished": round(run_rate, 1),
         "step_jobs_per_second": sustained_rate(list(observer.job_done.values())),
+        # Watches of ours the API server ended or dropped: what happened meanwhile was seen late.
+        "observer_gaps": observer.gaps,
         "wall_seconds": round(finished_for, 1),
         "apply_to_first_job_ms": percentiles(
             [first_job[r] - created[r] for r in first_job if r in created]

@@ -44,6 +44,7 @@ class Watch:
         self.followed, self.what = followed, what
         self.stopped = threading.Event()
         self.failures = 0  # in a row: 0 once a list succeeds
+        self.lists = 0  # how many times it listed: more than once means a gap it recovered from
         self._thread = threading.Thread(target=self._follow, daemon=True, name=what)
 
     def start(self) -> None:
@@ -76,6 +77,7 @@ class Watch:
 
     def _list(self) -> str:
         body = self.kube.request("GET", self.path, query=self.query)
+        self.lists += 1
         self.followed.listed(body.get("items") or [])
         return str(body["metadata"]["resourceVersion"])
 
@@ -92,6 +94,8 @@ class Watch:
             for line in lines:
                 if self.stopped.is_set():
                     break
+                if not line:
+                    continue
                 event = json.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":

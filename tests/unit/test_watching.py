@@ -42,6 +42,7 @@ class FakeKube:
         self.watches: list[Any] = [
             [
                 {"type": "ADDED", "object": obj("b", "11")},
+                "",  # a keep-alive blank line
                 {"type": "BOOKMARK", "object": obj("", "12")},
                 {"type": "ERROR", "object": {"code": 410, "message": "too old"}},
             ],
@@ -61,7 +62,7 @@ class FakeKube:
             assert self.watch is not None
             self.watch.stop()
             raise answer
-        yield iter(json.dumps(event) for event in answer)
+        yield iter(event if isinstance(event, str) else json.dumps(event) for event in answer)
 
 
 def test_it_lists_follows_and_lists_again_when_its_version_is_gone() -> None:
@@ -75,3 +76,4 @@ def test_it_lists_follows_and_lists_again_when_its_version_is_gone() -> None:
     assert [q.get("resourceVersion") for q in queries] == [None, "10", None, "20", "21"]
     assert all(q["labelSelector"] == "x=y" for q in queries)
     assert watch.failures == 1, "the failure was counted, and the watch stopped when told"
+    assert watch.lists == 2
