@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes import client
 from measure import percentiles
 
-from nofx.kube import Kube
+from nofx.apiserver import ApiServer
 from nofx.watching import Watch
 
 
@@ -37,7 +37,7 @@ class Each:
 
 def watch_each(api: client.ApiClient, path: str, see: Callable[[dict[str, Any]], None]) -> Watch:
     """Starts a watch of every object under `path` (a list URL), each handed to `see`."""
-    watch = Watch(Kube(api), path, {}, Each(see), f"bench {path}")
+    watch = Watch(ApiServer(api), path, {}, Each(see), f"bench {path}")
     watch.start()
     return watch
 

@@ -1,22 +1,19 @@
-"""Kubernetes I/O for the reconcilers: a thin layer over the official client that turns the
-outcomes they care about (already exists, already gone, conflict) into plain return values."""
+"""Kubernetes I/O for the reconcilers: the operations they use (custom resources, Jobs, Pods,
+Events), with the outcomes they care about (already exists, already gone, conflict) turned
+into plain return values. The requests themselves are apiserver.py's."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 
 from nofx.api.common import GROUP, VERSION
 from nofx.api_errors import Conflict, rejected
+from nofx.apiserver import ApiServer
 from nofx.own_writes import OwnWrites
 
 log = logging.getLogger(__name__)
@@ -25,82 +22,12 @@ MERGE_PATCH = "application/merge-patch+json"
 BACKGROUND = {"propagationPolicy": "Background"}  # deletes go on with dependents in the background
 
 
-def load_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """In a Pod: its service account; elsewhere: KUBECONFIG or ~/.kube/config."""
-    configuration = client.Configuration()
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    # Reconciles run in parallel threads; each needs a connection without waiting for another.
-    configuration.connection_pool_maxsize = 32
-    return client.ApiClient(configuration)
+class Kube(ApiServer):
+    """The operations the reconcilers use, over the API server's plain-JSON requests."""
 
-
-class Kube:
     def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
+        super().__init__(api)
         self.own_writes = OwnWrites()
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        *,
-        query: dict[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        """Every request: plain data in and out, ApiException on an error status. The typed
-        client's methods validate their arguments into its models first (a pydantic model of a
-        whole Job: 3-8 % of the operator's CPU under load) and build models of the response,
-        only to turn both back into plain data."""
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        request = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(*request)
-        data = response.read()
-        response.response.release_conn()  # back to the pool: no new TLS handshake next time
-        if not 200 <= response.status <= 299:
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
-        return json.loads(data)
-
-    @contextmanager
-    def stream(self, path: str, query: dict[str, str], read_timeout: float) -> Iterator[Any]:
-        """The lines of a streaming GET (a watch), as they arrive."""
-        request = self.api.param_serialize(
-            method="GET",
-            resource_path=path,
-            query_params=list(query.items()),
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(*request, _request_timeout=(10, read_timeout))
-        raw, read_to_end = response.response, False
-
-        def lines() -> Iterator[str]:
-            nonlocal read_to_end
-            yield from iter_resp_lines(raw)
-            read_to_end = True
-
-        try:
-            if not 200 <= response.status <= 299:
-                response.read()
-                raise ApiException.from_response(http_resp=response, body=None, data=None)
-            yield lines()
-        finally:
-            if read_to_end:
-                raw.release_conn()  # back to the pool for the next request
-            else:
-                raw.close()  # unread data must not reach the next request on this connection
 
     # --- custom resources ---
 

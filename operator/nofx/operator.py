@@ -15,6 +15,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from nofx import kube, metrics
+from nofx.apiserver import load_config
 from nofx.mirror.keys import KeyRing
 from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
@@ -102,7 +103,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=OPTIONS.workers, thread_name_prefix="reconcile")
     )
-    client = kube.Kube(kube.load_config(OPTIONS.kubeconfig))
+    client = kube.Kube(load_config(OPTIONS.kubeconfig))
     limits = Limits(
         OPTIONS.max_child_run_depth,
         OPTIONS.max_child_runs,

@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Any, Protocol
 
-from nofx.kube import Kube
+from nofx.apiserver import ApiServer
 
 log = logging.getLogger("nofx.watching")
 
@@ -38,9 +38,9 @@ class Gone(Exception):
 
 class Watch:
     def __init__(
-        self, kube: Kube, path: str, query: dict[str, str], followed: Followed, what: str
+        self, server: ApiServer, path: str, query: dict[str, str], followed: Followed, what: str
     ) -> None:
-        self.kube, self.path, self.query = kube, path, query
+        self.server, self.path, self.query = server, path, query
         self.followed, self.what = followed, what
         self.stopped = threading.Event()
         self.failures = 0  # in a row: 0 once a list succeeds
@@ -76,7 +76,7 @@ class Watch:
                 delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     def _list(self) -> str:
-        body = self.kube.request("GET", self.path, query=self.query)
+        body = self.server.request("GET", self.path, query=self.query)
         self.lists += 1
         self.followed.listed(body.get("items") or [])
         return str(body["metadata"]["resourceVersion"])
@@ -90,7 +90,7 @@ class Watch:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(WATCH_SECONDS),
         }
-        with self.kube.stream(self.path, query, read_timeout=WATCH_SECONDS + 30) as lines:
+        with self.server.stream(self.path, query, read_timeout=WATCH_SECONDS + 30) as lines:
             for line in lines:
                 if self.stopped.is_set():
                     break

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
-from nofx.kube import Kube
+from nofx.apiserver import ApiServer
 from nofx.watching import Watch
 
 
@@ -28,7 +28,7 @@ def obj(name: str, version: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "resourceVersion": version}}
 
 
-class FakeKube:
+class FakeApiServer:
     """Answers in turn: a list, a watch the server ends with 410 Gone, a list again, a watch
     that ends normally, a watch that fails; then stops the watch."""
 
@@ -66,8 +66,8 @@ class FakeKube:
 
 
 def test_it_lists_follows_and_lists_again_when_its_version_is_gone() -> None:
-    kube, seen = FakeKube(), Recorder()
-    watch = Watch(cast(Kube, kube), "/api/v1/pods", {"labelSelector": "x=y"}, seen, "test")
+    kube, seen = FakeApiServer(), Recorder()
+    watch = Watch(cast(ApiServer, kube), "/api/v1/pods", {"labelSelector": "x=y"}, seen, "test")
     kube.watch = watch
     watch._follow()
     assert seen.seen == [("LISTED", "a"), ("ADDED", "b"), ("LISTED", "c"), ("DELETED", "c")]

@@ -8,6 +8,7 @@ import os
 from datetime import UTC, datetime
 
 from nofx import kube
+from nofx.apiserver import load_config
 from nofx.mirror.keys import AuditKeyError, KeyRing
 from nofx.mirror.store import Store
 
@@ -59,7 +60,7 @@ def open_store(args: argparse.Namespace, keys: KeyRing | None = None) -> Store:
 
 
 def kube_client(args: argparse.Namespace) -> kube.Kube:
-    return kube.Kube(kube.load_config(args.kubeconfig))
+    return kube.Kube(load_config(args.kubeconfig))
 
 
 def parse_time(text: str) -> datetime:

@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from nofx import kube
+from nofx.apiserver import load_config
 from nofx.console import pages
 from nofx.console.cluster import Cluster, ContinueExpired
 from nofx.console.run_view import parse_time
@@ -125,7 +125,7 @@ def _seconds(value: float | None) -> str:
 def serve(options: Options) -> None:
     store = Store(options.database_url, options.region) if options.database_url else None
     console = pages.Console(
-        cluster=Cluster(kube.load_config(options.kubeconfig)),
+        cluster=Cluster(load_config(options.kubeconfig)),
         store=store,
         templates=templates(),
         namespaces=options.namespaces,
