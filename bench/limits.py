@@ -18,6 +18,8 @@ from observer import Observer, watch_each
 from scenarios import STEP_SECONDS
 from system import Bench
 
+from nofx_dev.kwok import played_job
+
 
 def limit(bench: Bench, jobs: int, workers: int = 16) -> dict[str, Any]:
     """The most this API server takes here: a tight client of our own creates Jobs and
@@ -129,18 +131,4 @@ def chained_limit(bench: Bench, chains: int, length: int = 3) -> dict[str, Any]:
 
 
 def _job(name: str, duration: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"annotations": {"kwok.nofx.dev/duration": duration}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{"name": "c", "image": "example.invalid/limit:1"}],
-                },
-            },
-        },
-    }
+    return played_job(name, {"kwok.nofx.dev/duration": duration})

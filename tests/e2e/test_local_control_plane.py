@@ -18,44 +18,14 @@ from kubernetes import client
 
 from nofx_dev.audit import AuditLog, Write
 from nofx_dev.controlplane import ControlPlane
+from nofx_dev.kwok import played_job
 from nofx_dev.processes import pid_alive
 
 from ..conftest import Kubectl, new_postgres
 
 
 def job_manifest(name: str, annotations: dict[str, str] | None = None) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": name},
-            "spec": {
-                "backoffLimit": 0,
-                "template": {
-                    "metadata": {"annotations": annotations or {}},
-                    "spec": {
-                        "restartPolicy": "Never",
-                        # Test namespaces enforce the restricted Pod Security Standard.
-                        "securityContext": {
-                            "runAsNonRoot": True,
-                            "runAsUser": 65532,
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                        },
-                        "containers": [
-                            {
-                                "name": "main",
-                                "image": "example.invalid/step:1",
-                                "securityContext": {
-                                    "allowPrivilegeEscalation": False,
-                                    "capabilities": {"drop": ["ALL"]},
-                                },
-                            }
-                        ],
-                    },
-                },
-            },
-        }
-    )
+    return json.dumps(played_job(name, annotations))
 
 
 def wait_for(kubectl: Kubectl, namespace: str, what: str, condition: str) -> None:
