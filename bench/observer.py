@@ -26,11 +26,11 @@ class Each:
     def __init__(self, see: Callable[[dict[str, Any]], None]) -> None:
         self.see = see
 
-    def listed(self, objects: list[dict[str, Any]]) -> None:
+    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
         for obj in objects:
             self.see(obj)
 
-    def changed(self, kind: str, obj: dict[str, Any]) -> None:
+    def changed(self, scope: str, kind: str, obj: dict[str, Any]) -> None:
         if kind != "DELETED":
             self.see(obj)
 

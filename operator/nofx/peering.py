@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nofx.kube import Kube
+from nofx.apiserver import ApiServer
 from nofx.watching import Watch, Watching
 
 log = logging.getLogger("nofx.peering")
@@ -59,7 +59,7 @@ def blocking_peers(
 class Peering(Watching):
     def __init__(
         self,
-        kube: Kube,
+        server: ApiServer,
         identity: str,
         priority: int,
         namespaces: tuple[str, ...],
@@ -70,13 +70,19 @@ class Peering(Watching):
         # Where the object lives (cluster-wide, or one per served namespace) → who blocks us
         # there; None: not seen yet.
         self._blocking: dict[str, list[str] | None] = {scope: None for scope in namespaces or ("",)}
-        self.active = False
-        self._decided = False  # the first decision is logged and told, whichever it is
+        self.active: bool | None = None  # None: not decided yet (the first decision is told)
         query = {"fieldSelector": f"metadata.name={PEERING_NAME}"}
         self.watches = [
-            Watch(kube, _peerings_path(scope), query, _Scope(self, scope), "peering")
+            Watch(server, _peerings_path(scope), query, self, "peering", scope)
             for scope in self._blocking
         ]
+
+    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
+        self.saw(scope, objects[0] if objects else None)
+
+    def changed(self, scope: str, kind: str, obj: dict[str, Any]) -> None:
+        # Deleted: Kopf keeps its last decision, and so does this.
+        self.saw(scope, obj)
 
     def saw(self, scope: str, peering: dict[str, Any] | None) -> None:
         """The peering object of a scope as it is now (None: there is none)."""
@@ -85,8 +91,7 @@ class Peering(Watching):
         with self._lock:
             self._blocking[scope] = blocking if peering is not None else None
             active = all(peers == [] for peers in self._blocking.values())
-            changed = active != self.active or not self._decided
-            self.active, self._decided = active, True
+            changed, self.active = active != self.active, active
         if changed:
             others = sorted({p for peers in self._blocking.values() for p in peers or ()})
             log.info(
@@ -94,18 +99,6 @@ class Peering(Watching):
                 extra={"identity": self.identity, "priority": self.priority, "blocking": others},
             )
             self.on_change(active)
-
-
-class _Scope:
-    def __init__(self, peering: Peering, scope: str) -> None:
-        self.peering, self.scope = peering, scope
-
-    def listed(self, objects: list[dict[str, Any]]) -> None:
-        self.peering.saw(self.scope, objects[0] if objects else None)
-
-    def changed(self, kind: str, obj: dict[str, Any]) -> None:
-        # Deleted: Kopf keeps its last decision, and so does this.
-        self.peering.saw(self.scope, obj)
 
 
 def _peerings_path(namespace: str) -> str:

@@ -24,11 +24,13 @@ MAX_RETRY_SECONDS = 60.0
 
 
 class Followed(Protocol):
-    """What a watch tells: the whole list (at the start, and after any gap), then each change."""
+    """What a watch tells: the whole list (at the start, and after any gap), then each change.
+    scope: the namespace the watch covers ("": every namespace), for what follows one watch
+    per namespace."""
 
-    def listed(self, objects: list[dict[str, Any]]) -> None: ...
+    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None: ...
 
-    def changed(self, kind: str, obj: dict[str, Any]) -> None:
+    def changed(self, scope: str, kind: str, obj: dict[str, Any]) -> None:
         """kind: ADDED, MODIFIED or DELETED."""
 
 
@@ -38,10 +40,16 @@ class Gone(Exception):
 
 class Watch:
     def __init__(
-        self, server: ApiServer, path: str, query: dict[str, str], followed: Followed, what: str
+        self,
+        server: ApiServer,
+        path: str,
+        query: dict[str, str],
+        followed: Followed,
+        what: str,
+        scope: str = "",
     ) -> None:
         self.server, self.path, self.query = server, path, query
-        self.followed, self.what = followed, what
+        self.followed, self.what, self.scope = followed, what, scope
         self.stopped = threading.Event()
         self.failures = 0  # in a row: 0 once a list succeeds
         self.lists = 0  # how many times it listed: more than once means a gap it recovered from
@@ -78,7 +86,7 @@ class Watch:
     def _list(self) -> str:
         body = self.server.request("GET", self.path, query=self.query)
         self.lists += 1
-        self.followed.listed(body.get("items") or [])
+        self.followed.listed(self.scope, body.get("items") or [])
         return str(body["metadata"]["resourceVersion"])
 
     def _watch(self, version: str) -> str:
@@ -104,7 +112,7 @@ class Watch:
                     raise RuntimeError(obj.get("message") or "watch error")
                 version = obj.get("metadata", {}).get("resourceVersion", version)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    self.followed.changed(kind, obj)
+                    self.followed.changed(self.scope, kind, obj)
         return version
 
 

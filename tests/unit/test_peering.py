@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from nofx.kube import Kube
+from nofx.apiserver import ApiServer
 from nofx.peering import Peering, blocking_peers
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -32,7 +32,7 @@ def test_live_peers_of_higher_or_equal_priority_block_and_dead_or_lower_ones_do_
 
 def peering(*namespaces: str) -> tuple[Peering, list[bool]]:
     told: list[bool] = []
-    return Peering(cast(Kube, None), "me", 10, namespaces, told.append), told
+    return Peering(cast(ApiServer, None), "me", 10, namespaces, told.append), told
 
 
 def obj(**status: Any) -> dict[str, Any]:

@@ -43,13 +43,13 @@ def test_it_holds_each_runs_jobs_and_each_agents_unfinished_ones() -> None:
 def test_it_tells_when_a_job_finishes_or_goes_and_not_for_repeats() -> None:
     jobs, told = watched()
     jobs.listed("", [job("a-1")])
-    jobs.changed("MODIFIED", job("a-1"))
+    jobs.changed("", "MODIFIED", job("a-1"))
     assert told == [], "an unfinished Job changes nothing the Run waits for"
-    jobs.changed("MODIFIED", job("a-1", done="Failed"))
-    jobs.changed("MODIFIED", job("a-1", done="Failed"))  # e.g. a finalizer removed
+    jobs.changed("", "MODIFIED", job("a-1", done="Failed"))
+    jobs.changed("", "MODIFIED", job("a-1", done="Failed"))  # e.g. a finalizer removed
     assert [(t.observation.name, t.observation.state) for t in told] == [("a-1", "Failed")]
     assert jobs.active_of_agent("ns", "echo") == set()
-    jobs.changed("DELETED", job("a-1", done="Failed"))
+    jobs.changed("", "DELETED", job("a-1", done="Failed"))
     assert len(told) == 2 and told[1].run == "r1"
     assert jobs.of_run("ns", "r1") == {}
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
+from nofx.apiserver import ApiServer
 from nofx.builders.job import CONTAINER_NAME
 from nofx.builders.job_status import observe_job, with_pod
-from nofx.kube import Kube
 from nofx.reconcilers.step_pods import JOB_NAME_LABEL, KEEP_SECONDS, StepPods
 from tests.unit.run_harness import NAMESPACE, Harness, step
 
@@ -22,14 +22,14 @@ def pod(job: str, phase: str, *, container: str = CONTAINER_NAME, **terminated: 
 
 
 def pods() -> StepPods:
-    return StepPods(cast(Kube, None))
+    return StepPods(cast(ApiServer, None))
 
 
 def test_what_the_watch_lists_and_changes_is_seen() -> None:
     watch = pods()
-    watch.listed([pod("j1", "Succeeded", exitCode=0, message="{}")])
-    watch.changed("MODIFIED", pod("j2", "Succeeded", exitCode=0, message="{}"))
-    watch.changed("DELETED", pod("j3", "Succeeded", exitCode=0, message="{}"))
+    watch.listed("", [pod("j1", "Succeeded", exitCode=0, message="{}")])
+    watch.changed("", "MODIFIED", pod("j2", "Succeeded", exitCode=0, message="{}"))
+    watch.changed("", "DELETED", pod("j3", "Succeeded", exitCode=0, message="{}"))
     assert [watch.succeeded(NAMESPACE, job) is not None for job in ("j1", "j2", "j3")] == [
         True,
         True,

@@ -17,10 +17,10 @@ class Recorder:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
 
-    def listed(self, objects: list[dict[str, Any]]) -> None:
+    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
         self.seen += [("LISTED", o["metadata"]["name"]) for o in objects]
 
-    def changed(self, kind: str, obj: dict[str, Any]) -> None:
+    def changed(self, scope: str, kind: str, obj: dict[str, Any]) -> None:
         self.seen.append((kind, obj["metadata"]["name"]))
 
 

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nofx.apiserver import ApiServer
 from nofx.builders.job_status import observe_job
 from nofx.builders.labels import AGENT_LABEL, RUN_LABEL
 from nofx.builders.ownership import owning_run
-from nofx.kube import Kube
 from nofx.planner.facts import JobObservation
 from nofx.watching import Watch, Watching
 
@@ -40,23 +40,22 @@ Finished = Callable[[StepJob], None]
 
 
 class StepJobs(Watching):
-    def __init__(self, kube: Kube | None = None, namespaces: tuple[str, ...] = ()) -> None:
+    def __init__(self, server: ApiServer | None = None, namespaces: tuple[str, ...] = ()) -> None:
         self.on_finished: Finished | None = None
         self.listed_once = threading.Event()  # every watch listed: the reconciler may start
         self._lock = threading.Lock()
         self._jobs: dict[JobKey, StepJob] = {}
         self._by_run: dict[tuple[str, str], dict[str, JobObservation]] = defaultdict(dict)
         self._active_by_agent: dict[tuple[str, str], set[str]] = defaultdict(set)
+        # server None: nothing is watched (tests fill it through listed and changed).
         scopes = namespaces or ("",)  # "": every namespace
         self._unlisted = set(scopes)
         self.watches = (
             [
-                Watch(
-                    kube, _jobs_path(ns), {"labelSelector": RUN_LABEL}, _Scope(self, ns), "step Job"
-                )
+                Watch(server, _jobs_path(ns), {"labelSelector": RUN_LABEL}, self, "step Job", ns)
                 for ns in scopes
             ]
-            if kube is not None
+            if server is not None
             else []
         )
 
@@ -78,20 +77,20 @@ class StepJobs(Watching):
 
     # --- what the watch tells ---
 
-    def listed(self, namespace: str, objects: list[dict[str, Any]]) -> None:
+    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
         """A full list of one scope: Jobs it no longer holds went away meanwhile."""
         present = {(job["metadata"]["namespace"], job["metadata"]["name"]) for job in objects}
         with self._lock:
-            gone = [key for key in self._jobs if key not in present and namespace in ("", key[0])]
+            gone = [key for key in self._jobs if key not in present and scope in ("", key[0])]
         for key in gone:
             self._forget(key)
         for job in objects:
-            self.changed("ADDED", job)
-        self._unlisted.discard(namespace)
+            self.changed(scope, "ADDED", job)
+        self._unlisted.discard(scope)
         if not self._unlisted:
             self.listed_once.set()
 
-    def changed(self, kind: str, job: dict[str, Any]) -> None:
+    def changed(self, scope: str, kind: str, job: dict[str, Any]) -> None:
         metadata = job["metadata"]
         key = (metadata["namespace"], metadata["name"])
         if kind == "DELETED":
@@ -136,24 +135,11 @@ class StepJobs(Watching):
             jobs.pop(key[1], None)
             if not jobs:
                 del self._by_run[(job.namespace, job.run)]
-        if job.agent:
-            active = self._active_by_agent[(job.namespace, job.agent)]
+        active = self._active_by_agent.get((job.namespace, job.agent or ""))
+        if active is not None:
             active.discard(key[1])
             if not active:
-                del self._active_by_agent[(job.namespace, job.agent)]
-
-
-class _Scope:
-    """One watch's view of StepJobs: its lists cover only its namespace (or all of them)."""
-
-    def __init__(self, jobs: StepJobs, namespace: str) -> None:
-        self.jobs, self.namespace = jobs, namespace
-
-    def listed(self, objects: list[dict[str, Any]]) -> None:
-        self.jobs.listed(self.namespace, objects)
-
-    def changed(self, kind: str, obj: dict[str, Any]) -> None:
-        self.jobs.changed(kind, obj)
+                del self._active_by_agent[(job.namespace, job.agent or "")]
 
 
 def _jobs_path(namespace: str) -> str:

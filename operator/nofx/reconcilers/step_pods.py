@@ -17,9 +17,9 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from nofx.apiserver import ApiServer
 from nofx.builders.job import CONTAINER_NAME
 from nofx.builders.labels import MANAGED_BY
-from nofx.kube import Kube
 from nofx.watching import Watch, Watching
 
 KEEP_SECONDS = 300.0  # how long a finished Pod's outputs stay after its watch event
@@ -30,7 +30,7 @@ JobKey = tuple[str, str]  # (namespace, Job name)
 
 
 class StepPods(Watching):
-    def __init__(self, kube: Kube, namespaces: tuple[str, ...] = ()) -> None:
+    def __init__(self, server: ApiServer, namespaces: tuple[str, ...] = ()) -> None:
         self._lock = threading.Lock()
         # Job → (when seen, the agent container's terminated state), oldest first.
         self._succeeded: OrderedDict[JobKey, tuple[float, dict[str, Any]]] = OrderedDict()
@@ -38,7 +38,7 @@ class StepPods(Watching):
         # Pod goes through before (created, bound, running), which this watch would decode.
         query = {"labelSelector": SELECTOR, "fieldSelector": "status.phase=Succeeded"}
         self.watches = [
-            Watch(kube, _pods_path(namespace), query, self, "step Pod")
+            Watch(server, _pods_path(namespace), query, self, "step Pod", namespace)
             for namespace in namespaces or ("",)  # "": every namespace
         ]
 
@@ -79,12 +79,12 @@ class StepPods(Watching):
 
     # --- what the watch tells (Followed) ---
 
-    def listed(self, objects: list[dict[str, Any]]) -> None:
+    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
         now = time.monotonic()
         for pod in objects:
             self.see(pod, now)
 
-    def changed(self, kind: str, obj: dict[str, Any]) -> None:
+    def changed(self, scope: str, kind: str, obj: dict[str, Any]) -> None:
         if kind != "DELETED":
             self.see(obj, time.monotonic())
 
