@@ -1,6 +1,6 @@
 """Free slots of Agents with maxConcurrentSteps, across all Runs.
 
-The Job index tells which Jobs of an Agent are unfinished, but a reconcile decides from a copy
+The step Job watch tells which Jobs of an Agent are unfinished, but a reconcile decides from a copy
 of it taken when it was triggered, which may predate a Job another reconcile just created. So
 every Job the operator creates also holds a reservation until its watch says it finished: the
 count is the union of both, and a stale copy can only make a reconcile wait, never overbook.
@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 
 # A reservation whose Job was never created (the create failed) frees its slot after this;
-# by then the index knows every Job that does exist.
+# by then the step Job watch knows every Job that does exist.
 RESERVATION_SECONDS = 300.0
 
 
@@ -26,7 +26,7 @@ class AgentSlots:
         self._reserved: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
 
     def free(self, namespace: str, agent: str, limit: int, active: set[str] | None) -> int:
-        """Slots left: the limit minus Jobs the index knows as unfinished and Jobs reserved
+        """Slots left: the limit minus Jobs the step Job watch knows as unfinished and Jobs reserved
         but not yet seen there. Call with the lock held."""
         now = time.monotonic()
         reserved = self._reserved[(namespace, agent)]

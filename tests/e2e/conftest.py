@@ -129,6 +129,11 @@ class OperatorProcess:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             return response.read().decode()
 
+    def metric(self, line_start: str) -> float:
+        """The first sample whose line starts so (a name, with labels if any); 0 if none."""
+        lines = [line for line in self.metrics().splitlines() if line.startswith(line_start)]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
 
 @pytest.fixture(scope="session")
 def operator(

@@ -285,10 +285,7 @@ def add_to_outbox(mirrored: Mirrored, namespace: str, name: str, *entries: dict)
 
 
 def metric(mirrored: Mirrored, line_start: str) -> float:
-    lines = [
-        line for line in mirrored.operator.metrics().splitlines() if line.startswith(line_start)
-    ]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+    return mirrored.operator.metric(line_start)
 
 
 def mirrored_condition(mirrored: Mirrored, namespace: str, name: str) -> dict:

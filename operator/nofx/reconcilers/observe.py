@@ -36,7 +36,8 @@ RunKey = tuple[str, str]  # (namespace, name)
 
 @dataclass
 class Observed:
-    """What the indexes held for one Run when its reconcile was triggered."""
+    """What the indexes and the step Job watch held for one Run when its reconcile was
+    triggered."""
 
     jobs: dict[str, JobObservation]
     child_runs: dict[str, ChildRunObservation]
@@ -77,9 +78,9 @@ def complete_jobs(
     now: datetime,
     step_pods: StepPods | None = None,
 ) -> dict[str, JobObservation]:
-    """Adds what the index cannot know: the Pod of every finished Job a step may read now
-    (outputs and exit codes live only there), why a Job has no Pod, and whether a Job
-    missing from the index is only late there, or gone.
+    """Adds what the step Job watch cannot know: the Pod of every finished Job a step may
+    read now (outputs and exit codes live only there), why a Job has no Pod, and whether a
+    Job missing from the watch is only late there, or gone.
 
     A step's next Job may exist and even have finished while its status still says
     otherwise (the operator died between creating it and recording that): so every
