@@ -4,6 +4,7 @@ metrics server, and `run()` which `nofx operator` calls."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -21,25 +22,20 @@ from nofx.mirror.store import Store
 from nofx.mirror.writer import MirrorWriter
 from nofx.peering import PEERING_NAME, Peering, own_identity
 from nofx.planner.facts import Limits
-from nofx.reconcilers import agents, context, runs, schedules, templates, workloads  # noqa: F401 - handlers
+from nofx.reconcilers import context, schedules, workloads  # noqa: F401 - Kopf's handlers
 from nofx.reconcilers.account_budgets import AccountBudgets
+from nofx.reconcilers.agents import agent_changed
 from nofx.reconcilers.run_reconciler import RunReconciler
 from nofx.reconcilers.schedules import ScheduleReconciler
 from nofx.reconcilers.step_cache import StepCache
-from nofx.reconcilers.step_jobs import StepJobs
 from nofx.reconcilers.step_pods import StepPods
+from nofx.reconcilers.templates import template_changed
+from nofx.reconcilers.watched import Watched
 from nofx.workqueue import WorkerPool
 
 log = logging.getLogger("nofx.operator")
 
 IDENTITY = own_identity()  # this replica's, in Kopf's peering and in ours (nofx.peering)
-INDEXES = (
-    "child_runs_by_parent",
-    "child_runs_by_root",
-    "agents_by_namespace",
-    "templates_by_namespace",
-    "runs_by_schedule",
-)
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     # Kopf waits this long for more events of one object before handling the last one; the
-    # default (0.1 s) would sit on the apply→Job latency of every step.
+    # default (0.1 s) would sit on the start of every step Kueue admits.
     settings.batching.batch_window = 0.01
     # Watches end and restart cleanly before any proxy or the API server cuts them.
     settings.watching.server_timeout = 300
@@ -123,23 +119,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
                 client, store, OPTIONS.account_budgets_namespace, OPTIONS.account_budgets_interval
             )
             budgets.start()
-    names = [*INDEXES, *(workloads.INDEXES if OPTIONS.kueue else ())]
-    indexes = {name: kwargs[name] for name in names}
+    watched = Watched.of_cluster(client, OPTIONS.namespaces)
+    if OPTIONS.kueue:
+        watched.workloads = kwargs[workloads.INDEX]
     step_pods = StepPods(client, OPTIONS.namespaces)
     step_pods.start()
-    step_jobs = StepJobs(client, OPTIONS.namespaces)
-    reconciler = RunReconciler(
-        client, limits, mirror, indexes, budgets, step_cache, step_pods, step_jobs
-    )
+    reconciler = RunReconciler(client, limits, mirror, watched, budgets, step_cache, step_pods)
     reconciler.start(workers=OPTIONS.workers)
-    step_jobs.start()  # after the reconciler: what it finds first goes to a running queue
-    scheduler = ScheduleReconciler(client, indexes)
+    scheduler = ScheduleReconciler(client, watched.runs)
     scheduler.start()
-    peering = None
+    ctx = context.OperatorContext(client, reconciler, mirror, watched, scheduler, None)
+    ctx.keep_on(memo)
+    follow_watches(ctx)
     if not OPTIONS.standalone:
-        pools = (reconciler.workers, scheduler.workers)
-        peering = follow_peering(client, settings.peering.priority, pools)
-    context.OperatorContext(client, reconciler, mirror, indexes, scheduler, peering).keep_on(memo)
+        ctx.peering = follow_peering(ctx, settings.peering.priority)
+    watched.start()  # after the handlers and the queues: what the first lists hold goes to them
     start_http_server(OPTIONS.metrics_port)
     log.info(
         "operator started",
@@ -156,20 +150,33 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     )
 
 
-def follow_peering(
-    client: kube.Kube, priority: int, pools: tuple[WorkerPool[Any, Any], ...]
-) -> Peering:
-    """The reconcilers' pools stand by until the peering object says otherwise, as Kopf
-    does, and follow it from then on."""
+def follow_watches(ctx: context.OperatorContext) -> None:
+    """What a change the operator's watches see sets off."""
+
+    def run_changed(kind: str, body: dict[str, Any]) -> None:
+        ctx.runs.run_changed(kind, body)
+        ctx.schedules.run_changed(kind, body)
+
+    ctx.watched.runs.on_change = run_changed
+    ctx.watched.agents.on_change = functools.partial(agent_changed, ctx)
+    ctx.watched.templates.on_change = functools.partial(template_changed, ctx)
+
+
+def follow_peering(ctx: context.OperatorContext, priority: int) -> Peering:
+    """The reconcilers' pools and the watches' handlers stand by until the peering object says
+    otherwise, as Kopf does, and follow it from then on."""
+    pools: tuple[WorkerPool[Any, Any], ...] = (ctx.runs.workers, ctx.schedules.workers)
     for pool in pools:
         pool.set_paused(True)
+    ctx.watched.set_handling(False)
     loop = asyncio.get_running_loop()
 
     def active(now: bool) -> None:
         for pool in pools:
             loop.call_soon_threadsafe(pool.set_paused, not now)
+        ctx.watched.set_handling(now)  # after: what it tells reaches running pools
 
-    peering = Peering(client, IDENTITY, priority, OPTIONS.namespaces, active)
+    peering = Peering(ctx.kube, IDENTITY, priority, OPTIONS.namespaces, active)
     peering.start()
     return peering
 
@@ -181,7 +188,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         ctx.peering.stop()
     await ctx.runs.stop()
     await ctx.schedules.stop()
-    ctx.runs.step_jobs.stop()
+    ctx.watched.stop()
     if ctx.runs.step_pods is not None:
         ctx.runs.step_pods.stop()
     if ctx.runs.account_budgets is not None:

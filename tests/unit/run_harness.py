@@ -1,5 +1,6 @@
-"""RunReconciler driven directly over a FakeKube: one Run, indexes rebuilt from the fake the way
-Kopf's would be, and the Job controller's and kubelet's part played by finish_job()."""
+"""RunReconciler driven directly over a FakeKube: one Run, what the operator's watches would
+hold rebuilt from the fake's objects, and the Job controller's and kubelet's part played by
+finish_job()."""
 
 from __future__ import annotations
 
@@ -48,23 +49,19 @@ class Harness:
         self.sync()
 
     def sync(self) -> None:
-        """The indexes as Kopf would hold them after seeing every object of the fake, and the
-        Run's last change delivered as a watch event would deliver it."""
+        """What the watches would hold after seeing every object of the fake, and the Run's
+        last change delivered as a watch event would deliver it."""
         run = self.kube.objects.get(("runs", NAMESPACE, NAME))
         known = self.kube.own_writes.latest("runs", NAMESPACE, NAME)
         if run is not None and (known is None or known["metadata"] != run["metadata"]):
             self.kube.own_writes.seen("runs", run)
         jobs = [body for (plural, _, _), body in self.kube.objects.items() if plural == "jobs"]
-        self.reconciler.step_jobs.listed("", jobs)
-        self.reconciler.indexes = {
-            "child_runs_by_parent": {},
-            "child_runs_by_root": {},
-            "agents_by_namespace": {NAMESPACE: list(self.agents.items())},
-            "templates_by_namespace": {},
-        }
+        watched = self.reconciler.watched
+        watched.step_jobs.listed("", jobs)
+        watched.agents.listed("", [_agent_body(name, spec) for name, spec in self.agents.items()])
 
     def reconcile(self, body: dict[str, Any] | None = None) -> Result:
-        """One pass, as a worker runs it, after the indexes caught up."""
+        """One pass, as a worker runs it, after the watches caught up."""
         self.sync()
         return self.reconciler._reconcile(KEY, body, self._observed())
 
@@ -79,9 +76,7 @@ class Harness:
             self.reconciler._report_failure(KEY, reconcile_error or error, retry)
 
     def _observed(self) -> observe.Observed:
-        return observe.observe(
-            self.reconciler.indexes, self.reconciler.step_jobs, KEY, self.reconciler.waiters.version
-        )
+        return observe.observe(self.reconciler.watched, KEY, self.reconciler.waiters.version)
 
     @property
     def body(self) -> dict[str, Any]:
@@ -123,3 +118,7 @@ class Harness:
                     ]
                 },
             }
+
+
+def _agent_body(name: str, spec: AgentSpec) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec.to_dict()}

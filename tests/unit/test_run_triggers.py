@@ -97,10 +97,10 @@ def test_triggers_during_a_reconcile_collapse_into_one_more_with_the_freshest_bo
     r = harness(reconciles).reconciler
 
     async def scenario() -> None:
-        r.changed(KEY, event(1))
+        r.run_changed("MODIFIED", event(1))
         await reconciles.wait_started(KEY)
-        r.changed(KEY, event(2))  # the Run is busy: it waits, once
-        r.changed(KEY, event(3))
+        r.run_changed("MODIFIED", event(2))  # the Run is busy: it waits, once
+        r.run_changed("MODIFIED", event(3))
         r.trigger(KEY)  # a Job event: the freshest body known stays
         reconciles.gate.set()
 
@@ -137,7 +137,7 @@ def test_a_run_is_never_reconciled_twice_at_once() -> None:
     r = harness(reconciles).reconciler
 
     async def scenario() -> None:
-        r.changed(KEY, event(1))
+        r.run_changed("MODIFIED", event(1))
         await reconciles.wait_started(KEY)
         r.trigger_soon([KEY] * 5)  # a freed slot, timers, Job events...
         r.trigger(KEY)

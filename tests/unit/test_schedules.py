@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from nofx.api.schedule import Schedule, ScheduleSpec, ScheduleStatus
 from nofx.api_errors import Rejected
 from nofx.kube import Kube
+from nofx.reconcilers.run_watch import RunWatch
 from nofx.reconcilers.schedules import ScheduleReconciler
 from nofx.scheduling.decide import (
     MISSED,
@@ -221,7 +222,7 @@ def test_a_run_the_api_server_refuses_is_missed_with_its_words_and_not_sent_agai
                      "creationTimestamp": created.isoformat()},
         "spec": spec().model_dump(by_alias=True, exclude_none=True),
     })  # fmt: skip
-    reconciler = ScheduleReconciler(cast(Kube, kube), {})
+    reconciler = ScheduleReconciler(cast(Kube, kube), RunWatch())
     result = reconciler._reconcile(("team", "nightly"), body, ())
     status = kube.objects[("schedules", "team", "nightly")]["status"]
     missed = next(c for c in status["conditions"] if c["type"] == MISSED)

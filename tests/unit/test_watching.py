@@ -1,4 +1,4 @@
-"""The list-and-watch loop of the step Job and step Pod watches: it lists, follows the watch
+"""The list-and-watch loop of the operator's own watches: it lists, follows the watch
 from the list's resourceVersion, lists again when the server says the version is gone, and
 retries a failure with a delay."""
 
@@ -69,6 +69,7 @@ def test_it_lists_follows_and_lists_again_when_its_version_is_gone() -> None:
     kube, seen = FakeApiServer(), Recorder()
     watch = Watch(cast(ApiServer, kube), "/api/v1/pods", {"labelSelector": "x=y"}, seen, "test")
     kube.watch = watch
+    assert not watch.listed_once.is_set()
     watch._follow()
     assert seen.seen == [("LISTED", "a"), ("ADDED", "b"), ("LISTED", "c"), ("DELETED", "c")]
     queries = [query for _, query in kube.calls]
@@ -76,4 +77,4 @@ def test_it_lists_follows_and_lists_again_when_its_version_is_gone() -> None:
     assert [q.get("resourceVersion") for q in queries] == [None, "10", None, "20", "21"]
     assert all(q["labelSelector"] == "x=y" for q in queries)
     assert watch.failures == 1, "the failure was counted, and the watch stopped when told"
-    assert watch.lists == 2
+    assert watch.lists == 2 and watch.listed_once.is_set()

@@ -1,46 +1,31 @@
-"""Agent reconciler: keeps each Agent's status true (Ready, specHash, observedGeneration), keeps
-an in-memory index of Agent specs per namespace, and wakes what waited for an Agent."""
+"""Agent handler: keeps each Agent's status true (Ready, specHash, observedGeneration), records
+its versions in the mirror, and wakes what waited for an Agent. The Agent watch (specs.py) calls
+it for each change, one at a time, on a thread of its own."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
 from nofx.api.agent import AgentSpec
-from nofx.api.common import GROUP, VERSION
 from nofx.mirror.registry import offer_registry_event
 from nofx.planner import validation
-from nofx.reconcilers import context, status_patch
+from nofx.reconcilers import status_patch
+from nofx.reconcilers.context import OperatorContext
 from nofx.reconcilers.templates import refresh_templates
 
 
-@kopf.index(GROUP, VERSION, "agents")
-async def agents_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any) -> Any:
-    try:
-        return {namespace: (name, AgentSpec.model_validate(dict(spec)))}
-    except ValidationError:
-        return {}  # agent_event reports it; {} rather than None drops a stale entry
-
-
-@kopf.on.event(GROUP, VERSION, "agents")
-async def agent_event(
-    event: kopf.RawEvent, body: kopf.Body, namespace: Any, name: Any, memo: kopf.Memo, **_: Any
-) -> None:
-    ctx = context.of(memo)
+def agent_changed(ctx: OperatorContext, kind: str, body: dict[str, Any]) -> None:
+    namespace = body["metadata"]["namespace"]
     raw_spec = dict(body.get("spec") or {})
-    offer_registry_event(
-        ctx.mirror, "Agent", event["type"], dict(body), validation.spec_hash(raw_spec)
-    )
-    if event["type"] != "DELETED":
-        await asyncio.to_thread(_update_status, ctx.kube, dict(body))
+    offer_registry_event(ctx.mirror, "Agent", kind, body, validation.spec_hash(raw_spec))
+    if kind != "DELETED":
+        _update_status(ctx.kube, body)
     # A new or changed Agent may be what a Run or a Template was missing.
-    ctx.runs.trigger_soon(ctx.runs.waiters.pop_kind(namespace, "Agent"))
-    agents = dict(ctx.indexes["agents_by_namespace"].get(namespace, []))
-    templates = [name for name, _ in ctx.indexes["templates_by_namespace"].get(namespace, [])]
-    await asyncio.to_thread(refresh_templates, ctx.kube, namespace, templates, agents)
+    ctx.runs.trigger_from_thread(ctx.runs.waiters.pop_kind(namespace, "Agent"))
+    agents = ctx.watched.agents.valid(namespace)
+    refresh_templates(ctx.kube, namespace, list(ctx.watched.templates.of(namespace)), agents)
 
 
 def _update_status(kube: Any, body: dict[str, Any]) -> None:

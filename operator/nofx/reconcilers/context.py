@@ -5,13 +5,14 @@ its own."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import kopf
 
 from nofx.kube import Kube
 from nofx.mirror.writer import MirrorWriter
 from nofx.peering import Peering
+from nofx.reconcilers.watched import Watched
 
 if TYPE_CHECKING:  # their modules register handlers that import this one
     from nofx.reconcilers.run_reconciler import RunReconciler
@@ -25,7 +26,7 @@ class OperatorContext:
     kube: Kube
     runs: RunReconciler
     mirror: MirrorWriter | None  # None: no Postgres mirror configured
-    indexes: dict[str, Any]  # Kopf's in-memory indexes, by name
+    watched: Watched  # what the operator's own watches hold
     schedules: ScheduleReconciler
     peering: Peering | None  # None: standalone, always active
 

@@ -1,5 +1,5 @@
-"""What the Run reconciler knows of a Run before it decides: a copy of Kopf's indexes and of
-the step Job watch for it, completed by reads they cannot answer (the Pod of a finished Job
+"""What the Run reconciler knows of a Run before it decides: a copy of what the operator's
+watches hold for it (watched.py), completed by reads they cannot answer (the Pod of a finished Job
 the Pod watch did not see, why a Job has no Pod, a child Run or Job missing from them), and
 the Run itself as plain data."""
 
@@ -28,16 +28,15 @@ from nofx.kube import Kube
 from nofx.planner.attempts import POD_START_CHECK
 from nofx.planner.facts import ChildRunObservation, JobObservation, RunView
 from nofx.planner.naming import job_name
-from nofx.reconcilers.step_jobs import StepJobs
 from nofx.reconcilers.step_pods import StepPods
+from nofx.reconcilers.watched import Watched
 
 RunKey = tuple[str, str]  # (namespace, name)
 
 
 @dataclass
 class Observed:
-    """What the indexes and the step Job watch held for one Run when its reconcile was
-    triggered."""
+    """What the watches held for one Run when its pass began."""
 
     jobs: dict[str, JobObservation]
     child_runs: dict[str, ChildRunObservation]
@@ -47,27 +46,23 @@ class Observed:
     waiters_version: int
 
 
-def observe(
-    indexes: dict[str, Any], step_jobs: StepJobs, key: RunKey, waiters_version: int
-) -> Observed:
-    """A consistent copy of the indexes and the Job watch for one Run, taken on the event
-    loop's thread."""
+def observe(watched: Watched, key: RunKey, waiters_version: int) -> Observed:
+    """A copy of what the watches hold for one Run, taken when its pass begins."""
     namespace = key[0]
-    jobs = step_jobs.of_run(*key)
-    workloads = indexes.get("workloads_by_job")  # only with Kueue
-    if workloads is not None:
+    jobs = watched.step_jobs.of_run(*key)
+    if watched.workloads is not None:  # only with Kueue
         for name, job in jobs.items():
             if job.queue_name:
-                admission = next(iter(workloads.get((namespace, name), [])), None)
+                admission = next(iter(watched.workloads.get((namespace, name), [])), None)
                 jobs[name] = replace(job, admission=admission)
-    children = {c.name: c for c in indexes["child_runs_by_parent"].get(key, [])}
-    agents = {n: spec for n, spec in indexes["agents_by_namespace"].get(namespace, [])}
-    templates = dict(indexes["templates_by_namespace"].get(namespace, []))
+    children = {c.name: c for c in watched.runs.children_of(*key)}
+    agents = watched.agents.valid(namespace)
     active = {
-        agent: step_jobs.active_of_agent(namespace, label_value(agent))
+        agent: watched.step_jobs.active_of_agent(namespace, label_value(agent))
         for agent, spec in agents.items()
         if spec.max_concurrent_steps is not None
     }
+    templates = watched.templates.of(namespace)
     return Observed(jobs, children, agents, templates, active, waiters_version)
 
 

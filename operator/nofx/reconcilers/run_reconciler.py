@@ -27,6 +27,7 @@ from nofx.api.reasons import Reason
 from nofx.api.run import TERMINAL_RUN_PHASES, RunSpec, RunStatus
 from nofx.api_errors import Conflict
 from nofx.builders.labels import label_value
+from nofx.builders.ownership import owning_run
 from nofx.kube import Kube
 from nofx.mirror.writer import MirrorWriter
 from nofx.planner.conditions import reconcile_error
@@ -39,9 +40,10 @@ from nofx.reconcilers.apply import AUDIT_FINALIZER
 from nofx.reconcilers.errors import failures_before_showing, is_transient
 from nofx.reconcilers.observe import Observed
 from nofx.reconcilers.step_cache import StepCache
-from nofx.reconcilers.step_jobs import StepJob, StepJobs
+from nofx.reconcilers.step_jobs import StepJob
 from nofx.reconcilers.step_pods import StepPods
 from nofx.reconcilers.waiters import Waiters
+from nofx.reconcilers.watched import Watched
 from nofx.slots import AgentSlots
 from nofx.workqueue import Result, Retry, WorkerPool
 
@@ -57,11 +59,10 @@ class RunReconciler:
         kube: Kube,
         limits: Limits | None = None,
         mirror: MirrorWriter | None = None,
-        indexes: dict[str, Any] | None = None,
+        watched: Watched | None = None,
         account_budgets: AccountBudgets | None = None,
         step_cache: StepCache | None = None,
         step_pods: StepPods | None = None,
-        step_jobs: StepJobs | None = None,
     ) -> None:
         self.kube = kube
         self.limits = limits or Limits()
@@ -71,9 +72,8 @@ class RunReconciler:
         if step_cache is not None:
             step_cache.on_answer = self._trigger_from_thread
         self.step_pods = step_pods  # None: every finished Job's Pod is listed
-        self.step_jobs = step_jobs or StepJobs()  # the operator's watches; tests fill it
-        self.step_jobs.on_finished = self._job_finished_from_thread
-        self.indexes = indexes or {}  # Kopf's in-memory indexes, by name
+        self.watched = watched or Watched()  # the operator's watches; tests fill them
+        self.watched.step_jobs.on_finished = self._job_finished_from_thread
         self.slots = AgentSlots()
         self.waiters = Waiters()
         self.workers: WorkerPool[RunKey, dict[str, Any]] = WorkerPool(self.reconcile, self._failed)
@@ -100,15 +100,40 @@ class RunReconciler:
         hold a parsed body each (own_writes keeps the newest bodies, a bounded number)."""
         self.queue.add(key)
 
-    def changed(self, key: RunKey, body: dict[str, Any]) -> None:
-        """A watch event of the Run: reconciled with its body, unless it echoes our write."""
-        if not self.is_own_write(key, body):
-            self.kube.own_writes.seen("runs", body)
+    def run_changed(self, kind: str, body: dict[str, Any]) -> None:
+        """A change the Run watch saw (on its thread). The Run is reconciled unless the change
+        echoes our own write; its parent, if any, whatever it is (a child's phase is what the
+        parent waits for). Entries of its audit outbox go to the mirror."""
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        parent = owning_run(body)
+        wake = True
+        if kind != "DELETED":
+            if self.mirror is not None and observe.pending_audit(body):
+                self.mirror.offer_run(body)
+            wake = not self.is_own_write(key, body)
+            if wake:
+                self.kube.own_writes.seen("runs", body)
+        if (wake or parent) and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._run_changed, kind, key, wake, parent)
+
+    def _run_changed(self, kind: str, key: RunKey, wake: bool, parent: str | None) -> None:
+        if kind == "DELETED":
+            self.forget(key)
+        elif wake:
             self.trigger(key)
+        if parent:
+            self.trigger((key[0], parent))
 
     def _trigger_from_thread(self, key: RunKey) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.queue.add, key)
+
+    def trigger_from_thread(self, keys: Iterable[RunKey]) -> None:
+        """trigger_soon, from a thread other than the loop's."""
+        keys = list(keys)
+        if keys and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.trigger_soon, keys)
 
     def trigger_soon(self, keys: Iterable[RunKey]) -> None:
         for key in keys:
@@ -146,10 +171,10 @@ class RunReconciler:
         metrics.forget_run(key)
 
     async def reconcile(self, key: RunKey, body: dict[str, Any] | None) -> Result:
-        """One pass: the indexes are copied on the loop's thread, the rest runs in a thread."""
-        if not self.step_jobs.listed_once.is_set():  # a Run's Jobs unknown: it would redo them
-            await asyncio.to_thread(self.step_jobs.listed_once.wait)
-        observed = observe.observe(self.indexes, self.step_jobs, key, self.waiters.version)
+        """One pass: what the watches hold is copied first, then it runs in a thread."""
+        if not self.watched.is_listed():  # a Run's Jobs unknown: it would redo them
+            await asyncio.to_thread(self.watched.wait_listed)
+        observed = observe.observe(self.watched, key, self.waiters.version)
         return await asyncio.to_thread(self._reconcile, key, body, observed)
 
     async def _failed(self, key: RunKey, error: Exception, retry: Retry) -> None:
@@ -192,7 +217,6 @@ class RunReconciler:
         now = datetime.now(UTC)
         jobs = observe.complete_jobs(self.kube, run, observed.jobs, now, self.step_pods)
         children = observe.complete_children(self.kube, namespace, old_status, observed.child_runs)
-        tree = self.indexes["child_runs_by_root"].get((namespace, run.root_uid), ())
         namespace_account = namespace_queue = None
         unpinned = old_status.account is None or old_status.pinned is None
         if unpinned and old_status.phase not in TERMINAL_RUN_PHASES:
@@ -222,7 +246,7 @@ class RunReconciler:
                 free_slots=free,
                 templates=observed.templates,
                 limits=self.limits,
-                tree_size=len(tree),
+                tree_size=self.watched.runs.tree_size(namespace, run.root_uid),
                 namespace_account=namespace_account,
                 namespace_queue=namespace_queue,
                 account_budget=account_budget,

@@ -1,7 +1,8 @@
-"""Schedules in Kopf: an index of each Schedule's Runs, and a small work queue whose timer wakes
-each Schedule at its nextScheduleTime (a Kopf daemon or timer would put a finalizer on every
-Schedule). A pass reads the snapshot, decides (nofx.scheduling.decide) and carries it out:
-create, cancel, delete Runs, then write status once if it changed."""
+"""Schedules: their events come from Kopf, their Runs from the Run watch (run_watch.py), and a
+small work queue's timer wakes each Schedule at its nextScheduleTime (a Kopf daemon or timer
+would put a finalizer on every Schedule). A pass reads the snapshot, decides
+(nofx.scheduling.decide) and carries it out: create, cancel, delete Runs, then write status
+once if it changed."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from pydantic import ValidationError
 from nofx.api.common import GROUP, VERSION
 from nofx.api.schedule import SCHEDULE_LABEL, ScheduleSpec, ScheduleStatus, schedule_of
 from nofx.api_errors import Rejected
-from nofx.builders.scheduled_run import build_scheduled_run, scheduled_time
+from nofx.builders.scheduled_run import build_scheduled_run
 from nofx.kube import Kube
 from nofx.reconcilers import context, status_patch
 from nofx.reconcilers.errors import failures_before_showing, is_transient
+from nofx.reconcilers.run_watch import RunWatch
 from nofx.scheduling.decide import (
     ScheduledRunView,
     ScheduleFacts,
@@ -39,14 +41,16 @@ WORKERS = 2  # a pass is a few API calls at most once a minute per Schedule
 
 
 class ScheduleReconciler:
-    def __init__(self, kube: Kube, indexes: dict[str, Any]) -> None:
+    def __init__(self, kube: Kube, runs: RunWatch) -> None:
         self.kube = kube
-        self.indexes = indexes
+        self.runs = runs
         self.bodies: dict[ScheduleKey, dict[str, Any]] = {}  # the newest body seen or written
         self.workers: WorkerPool[ScheduleKey, None] = WorkerPool(self.reconcile, self._failed)
         self.queue, self.timers = self.workers.queue, self.workers.timers
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.workers.start(WORKERS)
 
     async def stop(self) -> None:
@@ -64,12 +68,22 @@ class ScheduleReconciler:
         self.bodies.pop(key, None)
         self.workers.forget(key)
 
+    def run_changed(self, kind: str, body: dict[str, Any]) -> None:
+        """A Run the watch saw change (on its thread). A Schedule's Run that finished or went
+        may let a Forbid Schedule start, or exceed a history limit."""
+        metadata = body["metadata"]
+        labelled = SCHEDULE_LABEL in (metadata.get("labels") or {})
+        schedule = schedule_of(metadata) if labelled else None
+        if schedule is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.trigger, (metadata["namespace"], schedule))
+
     async def reconcile(self, key: ScheduleKey, _: None) -> Result:
         body = self.bodies.get(key)
         if body is None:
             return Result()
-        # Copied on the loop's thread, where Kopf updates its indexes.
-        runs = tuple(self.indexes["runs_by_schedule"].get(key, []))
+        if not self.runs.is_listed():  # Runs unknown: it could start one again
+            await asyncio.to_thread(self.runs.wait_listed)
+        runs = self.runs.scheduled_runs(*key)
         return await asyncio.to_thread(self._reconcile, key, body, runs)
 
     async def _failed(self, key: ScheduleKey, error: Exception, retry: Retry) -> None:
@@ -185,22 +199,6 @@ def _involved(body: dict[str, Any]) -> dict[str, Any]:
 # --- Kopf handlers ---
 
 
-@kopf.index(GROUP, VERSION, "runs", labels={SCHEDULE_LABEL: kopf.PRESENT})
-async def runs_by_schedule(
-    namespace: Any, name: Any, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> Any:
-    schedule = schedule_of(body.get("metadata", {}))
-    if schedule is None:
-        return {}  # labelled by hand: not the Schedule's to count or delete
-    view = ScheduledRunView(
-        name=name,
-        phase=status.get("phase"),
-        scheduled_at=scheduled_time(body),
-        cancel=bool(spec.get("cancel")),
-    )
-    return {(namespace, schedule): view}
-
-
 @kopf.on.event(GROUP, VERSION, "schedules")
 async def schedule_event(
     event: kopf.RawEvent, body: kopf.Body, namespace: Any, name: Any, memo: kopf.Memo, **_: Any
@@ -210,11 +208,3 @@ async def schedule_event(
         schedules.forget((namespace, name))
     else:
         schedules.changed((namespace, name), dict(body))
-
-
-@kopf.on.event(GROUP, VERSION, "runs", labels={SCHEDULE_LABEL: kopf.PRESENT})
-async def scheduled_run_event(body: kopf.Body, namespace: Any, memo: kopf.Memo, **_: Any) -> None:
-    """A Run that finished (or went) may let a Forbid Schedule start, or exceed a history limit."""
-    schedule = schedule_of(body.get("metadata", {}))
-    if schedule is not None:
-        context.of(memo).schedules.trigger((namespace, schedule))

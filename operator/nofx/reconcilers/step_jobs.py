@@ -42,14 +42,12 @@ Finished = Callable[[StepJob], None]
 class StepJobs(Watching):
     def __init__(self, server: ApiServer | None = None, namespaces: tuple[str, ...] = ()) -> None:
         self.on_finished: Finished | None = None
-        self.listed_once = threading.Event()  # every watch listed: the reconciler may start
         self._lock = threading.Lock()
         self._jobs: dict[JobKey, StepJob] = {}
         self._by_run: dict[tuple[str, str], dict[str, JobObservation]] = defaultdict(dict)
         self._active_by_agent: dict[tuple[str, str], set[str]] = defaultdict(set)
         # server None: nothing is watched (tests fill it through listed and changed).
         scopes = namespaces or ("",)  # "": every namespace
-        self._unlisted = set(scopes)
         self.watches = (
             [
                 Watch(server, _jobs_path(ns), {"labelSelector": RUN_LABEL}, self, "step Job", ns)
@@ -86,9 +84,6 @@ class StepJobs(Watching):
             self._forget(key)
         for job in objects:
             self.changed(scope, "ADDED", job)
-        self._unlisted.discard(scope)
-        if not self._unlisted:
-            self.listed_once.set()
 
     def changed(self, scope: str, kind: str, job: dict[str, Any]) -> None:
         metadata = job["metadata"]

@@ -1,46 +1,32 @@
-"""Template reconciler: keeps each Template's status true (Ready, or AgentMissing / InvalidPlan
-with a message naming the problem; specHash; step count) and an in-memory index of Template
-specs per namespace, and wakes Runs that waited for a Template."""
+"""Template handler: keeps each Template's status true (Ready, or AgentMissing / InvalidPlan
+with a message naming the problem; specHash; step count), records its versions in the mirror,
+and wakes Runs that waited for it. The Template watch (specs.py) calls it for each change, one
+at a time, on a thread of its own."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
-from nofx.api.common import GROUP, VERSION
 from nofx.api.reasons import Reason
 from nofx.api.template import TemplateSpec
 from nofx.kube import Kube
 from nofx.mirror.registry import offer_registry_event
 from nofx.planner import validation
 from nofx.planner.pinning import agent_for
-from nofx.reconcilers import context, status_patch
+from nofx.reconcilers import status_patch
+from nofx.reconcilers.context import OperatorContext
 
 
-@kopf.index(GROUP, VERSION, "templates")
-async def templates_by_namespace(namespace: Any, name: Any, spec: kopf.Spec, **_: Any) -> Any:
-    try:
-        return {namespace: (name, TemplateSpec.model_validate(dict(spec)))}
-    except ValidationError:
-        return {namespace: (name, None)}  # known but unusable; template_event reports why
-
-
-@kopf.on.event(GROUP, VERSION, "templates")
-async def template_event(
-    event: kopf.RawEvent, body: kopf.Body, namespace: Any, name: Any, memo: kopf.Memo, **_: Any
-) -> None:
-    ctx = context.of(memo)
+def template_changed(ctx: OperatorContext, kind: str, body: dict[str, Any]) -> None:
     raw_spec = dict(body.get("spec") or {})
-    offer_registry_event(
-        ctx.mirror, "Template", event["type"], dict(body), validation.spec_hash(raw_spec)
-    )
-    if event["type"] != "DELETED":
-        agents = dict(ctx.indexes["agents_by_namespace"].get(namespace, []))
-        await asyncio.to_thread(update_status, ctx.kube, dict(body), agents)
-    ctx.runs.trigger_soon(ctx.runs.waiters.pop(namespace, "Template", name))
+    offer_registry_event(ctx.mirror, "Template", kind, body, validation.spec_hash(raw_spec))
+    metadata = body["metadata"]
+    if kind != "DELETED":
+        update_status(ctx.kube, body, ctx.watched.agents.valid(metadata["namespace"]))
+    waiting = ctx.runs.waiters.pop(metadata["namespace"], "Template", metadata["name"])
+    ctx.runs.trigger_from_thread(waiting)
 
 
 def update_status(kube: Kube, body: dict[str, Any], agents: dict[str, Any]) -> None:

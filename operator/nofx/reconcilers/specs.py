@@ -1,0 +1,138 @@
+"""Agents or Templates as a watch of our own sees them: each one's spec by namespace, validated
+once per change (None: it does not validate, and its handler says why in its status), and a
+call to that handler for each change.
+
+The handlers run one at a time and in order, on a thread of their own, and only once every
+watch they read has listed (ready): an Agent's handler reads the Templates, and a Template's
+the Agents, as Kopf held its handlers until all its indexes were full."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from nofx.api.common import GROUP, VERSION
+from nofx.apiserver import ApiServer
+from nofx.watching import Watch, Watching
+
+log = logging.getLogger("nofx.specs")
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+# The handler: ADDED (also for each object of a first list), MODIFIED or DELETED, and the body.
+Changed = Callable[[str, dict[str, Any]], None]
+
+
+class Specs(Watching, Generic[SpecT]):
+    def __init__(
+        self,
+        model: type[SpecT],
+        plural: str,
+        server: ApiServer | None = None,
+        namespaces: tuple[str, ...] = (),
+    ) -> None:
+        self.model, self.plural = model, plural
+        self.on_change: Changed | None = None
+        self.ready: Callable[[], bool] = lambda: True  # what the handler reads is whole
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._bodies: dict[tuple[str, str], dict[str, Any]] = {}  # a deletion's handler reads it
+        self._specs: dict[str, dict[str, SpecT | None]] = defaultdict(dict)
+        self._handler = ThreadPoolExecutor(1, thread_name_prefix=plural)
+        # server None: nothing is watched (tests fill it through listed and changed).
+        self.watches = (
+            [Watch(server, _path(plural, ns), {}, self, plural, ns) for ns in namespaces or ("",)]
+            if server is not None
+            else []
+        )
+
+    def stop(self) -> None:
+        super().stop()
+        self._stopped.set()
+        self._handler.shutdown(wait=False, cancel_futures=True)
+
+    # --- what the reconcilers read ---
+
+    def of(self, namespace: str) -> dict[str, SpecT | None]:
+        """By name, every one the namespace holds; None: its spec does not validate."""
+        with self._lock:
+            return dict(self._specs.get(namespace, {}))
+
+    def valid(self, namespace: str) -> dict[str, SpecT]:
+        return {name: spec for name, spec in self.of(namespace).items() if spec is not None}
+
+    # --- what the watch tells ---
+
+    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
+        """A full list of one scope: all are told the first time; after a gap, only those that
+        changed or went away meanwhile."""
+        first = not self.is_listed()
+        present = {(body["metadata"]["namespace"], body["metadata"]["name"]) for body in objects}
+        with self._lock:
+            gone = [
+                body
+                for key, body in self._bodies.items()
+                if key not in present and scope in ("", key[0])
+            ]
+        for body in gone:
+            self.changed(scope, "DELETED", body)
+        for body in objects:
+            metadata = body["metadata"]
+            with self._lock:
+                known = self._bodies.get((metadata["namespace"], metadata["name"]))
+            if first or known is None or _version(known) != _version(body):
+                self.changed(scope, "ADDED", body)
+
+    def changed(self, scope: str, kind: str, body: dict[str, Any]) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        with self._lock:
+            if kind == "DELETED":
+                self._bodies.pop((namespace, name), None)
+                in_namespace = self._specs.get(namespace, {})
+                in_namespace.pop(name, None)
+                if not in_namespace:
+                    self._specs.pop(namespace, None)
+            else:
+                self._bodies[(namespace, name)] = body
+                self._specs[namespace][name] = self._validated(body)
+        if self.handling:
+            self.tell(kind, body)
+
+    def tell(self, kind: str, body: dict[str, Any]) -> None:
+        if self.on_change is not None:
+            self._handler.submit(self._handle, kind, body)
+
+    def _validated(self, body: dict[str, Any]) -> SpecT | None:
+        try:
+            return self.model.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return None
+
+    def _handle(self, kind: str, body: dict[str, Any]) -> None:
+        while not self.ready():
+            if self._stopped.wait(0.1):
+                return
+        try:
+            if self.on_change is not None:
+                self.on_change(kind, body)
+        except Exception:  # the next change is handled all the same; this one is in the log
+            log.exception(
+                "handling a change of %s %s/%s failed",
+                self.plural,
+                body["metadata"]["namespace"],
+                body["metadata"]["name"],
+            )
+
+
+def _version(body: dict[str, Any]) -> str:
+    return str(body["metadata"].get("resourceVersion", ""))
+
+
+def _path(plural: str, namespace: str) -> str:
+    base = f"/apis/{GROUP}/{VERSION}"
+    return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"

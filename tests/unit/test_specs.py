@@ -1,0 +1,80 @@
+"""The Agent and Template watches: specs validated once per change, invalid ones known but
+None, and their handler called in order, only once what it reads is whole."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from nofx.api.agent import AgentSpec
+from nofx.reconcilers.specs import Specs
+
+
+def agent(name: str, image: str | None = "ghcr.io/nofx/coder:1", version: str = "1") -> Any:
+    spec = {"image": image} if image else {"nope": True}
+    metadata = {"namespace": "ns", "name": name, "resourceVersion": version, "uid": f"u-{name}"}
+    return {"metadata": metadata, "spec": spec}
+
+
+class Handler:
+    """Records what the handler saw (on the watch's handler thread); wait() for a count."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.fail_on = fail_on
+        self._changed = threading.Condition()
+
+    def __call__(self, kind: str, body: dict[str, Any]) -> None:
+        with self._changed:
+            self.seen.append((kind, body["metadata"]["name"]))
+            self.bodies.append(body)
+            self._changed.notify_all()
+        if body["metadata"]["name"] == self.fail_on:
+            raise RuntimeError("the API server is away")
+
+    def wait(self, count: int) -> list[tuple[str, str]]:
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.seen) >= count, 2), self.seen
+        return self.seen
+
+
+def test_it_holds_valid_specs_and_knows_invalid_ones() -> None:
+    specs = Specs(AgentSpec, "agents")
+    specs.listed("", [agent("coder"), agent("broken", image=None)])
+    assert list(specs.valid("ns")) == ["coder"]
+    assert specs.of("ns")["broken"] is None and specs.of("elsewhere") == {}
+    assert isinstance(specs.valid("ns")["coder"], AgentSpec)
+    specs.changed("", "DELETED", agent("coder"))
+    assert specs.valid("ns") == {}
+
+
+def test_the_handler_waits_until_ready_then_sees_every_change_in_order() -> None:
+    specs, handler, ready = Specs(AgentSpec, "agents"), Handler(), threading.Event()
+    specs.on_change, specs.ready = handler, ready.is_set
+    specs.listed("", [agent("a")])
+    specs.changed("", "MODIFIED", agent("a", version="2"))
+    specs.changed("", "DELETED", agent("a", version="2"))
+    assert handler.seen == [], "nothing before what it reads is whole"
+    ready.set()
+    assert handler.wait(3) == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
+    specs.stop()
+
+
+def test_a_fresh_list_tells_what_changed_and_the_last_body_of_what_went() -> None:
+    specs, handler = Specs(AgentSpec, "agents"), Handler()
+    specs.listed("", [agent("a"), agent("b")])
+    specs.on_change = handler
+    specs.listed("", [agent("a", version="2")])  # b was deleted meanwhile
+    assert handler.wait(2) == [("DELETED", "b"), ("ADDED", "a")]
+    assert handler.bodies[0]["metadata"]["uid"] == "u-b", "the mirror records it by uid"
+    specs.stop()
+
+
+def test_a_handler_that_fails_does_not_stop_the_next() -> None:
+    specs, handler = Specs(AgentSpec, "agents"), Handler(fail_on="a")
+    specs.on_change = handler
+    specs.changed("", "ADDED", agent("a"))
+    specs.changed("", "ADDED", agent("b"))
+    assert handler.wait(2) == [("ADDED", "a"), ("ADDED", "b")]
+    specs.stop()
