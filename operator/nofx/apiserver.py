@@ -31,6 +31,11 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+# Seconds to connect, and to wait for each read of an answer: a hung API server fails the
+# request (the reconcile is retried) instead of holding a thread for as long as TCP allows.
+REQUEST_TIMEOUT = (10.0, 60.0)
+
+
 class ApiServer:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -100,7 +105,8 @@ class ApiServer:
             headers["Content-Type"] = content_type
             data = json.dumps(body).encode()
         url = f"{self._prefix}{path}?{urlencode(query)}" if query else self._prefix + path
-        limits = urllib3.Timeout(connect=timeout[0], read=timeout[1]) if timeout else None
+        connect, read = timeout or REQUEST_TIMEOUT
+        limits = urllib3.Timeout(connect=connect, read=read)
         if self._pool is None:
             whole = urlsplit(self._host)._replace(path="", query="").geturl() + url
             return self._pools.urlopen(

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from nofx import apiserver
 from nofx.apiserver import ApiServer
+from nofx.reconcilers.errors import is_transient
 
 
 class Recorded(BaseHTTPRequestHandler):
@@ -32,7 +36,10 @@ class Recorded(BaseHTTPRequestHandler):
                 "body": body,
             }
         )
-        if "watch=true" in self.path:
+        if self.path.endswith("/slow"):
+            time.sleep(1)
+            self._send(200, "{}")
+        elif "watch=true" in self.path:
             lines = [{"type": "ADDED", "object": {"n": 1}}, {"type": "DELETED", "object": {"n": 2}}]
             self._send(200, "\n".join(json.dumps(line) for line in lines) + "\n")
         elif self.path.endswith("/missing"):
@@ -96,3 +103,14 @@ def test_a_watch_yields_its_lines(server: ApiServer) -> None:
     with server.stream("/api/v1/pods", {"watch": "true"}, read_timeout=5) as lines:
         events = [json.loads(line) for line in lines if line]
     assert [event["type"] for event in events] == ["ADDED", "DELETED"]
+
+
+def test_a_request_the_server_does_not_answer_fails_in_bounded_time(
+    server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apiserver, "REQUEST_TIMEOUT", (1.0, 0.1))
+    started = time.monotonic()
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        server.request("GET", "/api/v1/namespaces/a/pods/slow")
+    assert is_transient(urllib3.exceptions.ReadTimeoutError(None, "/slow", "read timed out"))
+    assert time.monotonic() - started < 3, "not held for as long as TCP allows"

@@ -4,9 +4,13 @@ None, and their handler called in order, only once what it reads is whole."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
+import pytest
+
 from nofx.api.agent import AgentSpec
+from nofx.reconcilers import specs as specs_module
 from nofx.reconcilers.specs import Specs
 
 
@@ -71,10 +75,22 @@ def test_a_fresh_list_tells_what_changed_and_the_last_body_of_what_went() -> Non
     specs.stop()
 
 
-def test_a_handler_that_fails_does_not_stop_the_next() -> None:
+def test_a_handler_that_fails_does_not_stop_the_next_and_is_retried_while_current(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(specs_module, "RETRY_SECONDS", 0.01)
     specs, handler = Specs(AgentSpec, "agents"), Handler(fail_on="a")
     specs.on_change = handler
-    specs.changed("", "ADDED", agent("a"))
+    first = agent("a")
+    specs.changed("", "ADDED", first)
     specs.changed("", "ADDED", agent("b"))
-    assert handler.wait(2) == [("ADDED", "a"), ("ADDED", "b")]
+    assert handler.wait(3)[:3] == [("ADDED", "a"), ("ADDED", "b"), ("ADDED", "a")]
+    handler.fail_on = None
+    newer = agent("a", version="2")
+    specs.changed("", "MODIFIED", newer)
+    deadline = time.monotonic() + 2
+    while ("MODIFIED", "a") not in handler.seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # any retry of the older change still waiting has come due
+    assert handler.bodies[-1] is newer, "the older change is not handled after the newer one"
     specs.stop()

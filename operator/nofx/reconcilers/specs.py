@@ -2,7 +2,8 @@
 once per change (None: it does not validate, and its handler says why in its status), and a
 call to that handler for each change.
 
-The handlers run one at a time and in order, on a thread of their own, and only once every
+The handlers run one at a time and in order, on a thread of their own; a change whose handler
+failed is handled again after a doubling delay unless a newer one came; and only once every
 watch they read has listed (ready): an Agent's handler reads the Templates, and a Template's
 the Agents, as Kopf held its handlers until all its indexes were full."""
 
@@ -24,6 +25,8 @@ from nofx.watching import Watch, Watching
 log = logging.getLogger("nofx.specs")
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
+RETRY_SECONDS = 1.0  # after a handler failed (the API server away); doubled while it fails
+MAX_RETRY_SECONDS = 60.0
 # The handler: ADDED (also for each object of a first list), MODIFIED or DELETED, and the body.
 Changed = Callable[[str, dict[str, Any]], None]
 
@@ -113,20 +116,37 @@ class Specs(Watching, Generic[SpecT]):
         except ValidationError:
             return None
 
-    def _handle(self, kind: str, body: dict[str, Any]) -> None:
+    def _handle(self, kind: str, body: dict[str, Any], failures: int = 0) -> None:
         while not self.ready():
             if self._stopped.wait(0.1):
                 return
+        if failures and not self._is_current(kind, body):
+            return  # a newer change came meanwhile, and is handled in its turn
         try:
             if self.on_change is not None:
                 self.on_change(kind, body)
-        except Exception:  # the next change is handled all the same; this one is in the log
-            log.exception(
-                "handling a change of %s %s/%s failed",
-                self.plural,
-                body["metadata"]["namespace"],
-                body["metadata"]["name"],
-            )
+        except Exception as error:  # the next change is handled all the same
+            failures += 1
+            delay = min(RETRY_SECONDS * 2 ** (failures - 1), MAX_RETRY_SECONDS)
+            metadata = body["metadata"]
+            log.warning(
+                "handling a change of %s %s/%s failed; retrying in %.0f s: %s",
+                self.plural, metadata["namespace"], metadata["name"], delay, error,
+                extra={"failures": failures},
+            )  # fmt: skip
+            retry = threading.Timer(delay, self._retry, (kind, body, failures))
+            retry.daemon = True
+            retry.start()
+
+    def _retry(self, kind: str, body: dict[str, Any], failures: int) -> None:
+        if not self._stopped.is_set():
+            self._handler.submit(self._handle, kind, body, failures)
+
+    def _is_current(self, kind: str, body: dict[str, Any]) -> bool:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        with self._lock:
+            held = self._bodies.get(key)
+        return held is None if kind == "DELETED" else held is body
 
 
 def _version(body: dict[str, Any]) -> str:
