@@ -73,7 +73,7 @@ class Harness:
             self.reconciler.backoff.forget(KEY)
         except Exception as error:
             retry = self.reconciler.backoff.when(KEY)
-            self.reconciler._report_failure(KEY, reconcile_error or error, retry)
+            self.reconciler.report_failure(KEY, reconcile_error or error, retry)
 
     def _observed(self) -> observe.Observed:
         return observe.observe(self.reconciler.watched, KEY, self.reconciler.waiters.version)

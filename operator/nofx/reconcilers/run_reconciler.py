@@ -19,25 +19,19 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from nofx import metrics
 from nofx.api import accounts, queues
-from nofx.api.reasons import Reason
-from nofx.api.run import TERMINAL_RUN_PHASES, RunSpec, RunStatus
+from nofx.api.run import TERMINAL_RUN_PHASES
 from nofx.api_errors import Conflict
 from nofx.builders.labels import label_value
 from nofx.builders.ownership import owning_run
 from nofx.kube import Kube
 from nofx.mirror.writer import MirrorWriter
-from nofx.planner.conditions import reconcile_error
 from nofx.planner.decide import decide
 from nofx.planner.facts import Decision, Limits, RunView, World
-from nofx.planner.stopping import abort_run
-from nofx.reconcilers import apply, observe
+from nofx.reconcilers import apply, observe, run_failures
 from nofx.reconcilers.account_budgets import AccountBudgets
 from nofx.reconcilers.apply import AUDIT_FINALIZER
-from nofx.reconcilers.errors import failures_before_showing, is_transient
 from nofx.reconcilers.observe import Observed
 from nofx.reconcilers.step_cache import StepCache
 from nofx.reconcilers.step_jobs import StepJob
@@ -70,7 +64,7 @@ class RunReconciler:
         self.account_budgets = account_budgets  # None: accounts have no monthly budgets
         self.step_cache = step_cache  # None: no mirror, so no cached steps
         if step_cache is not None:
-            step_cache.on_answer = self._trigger_from_thread
+            step_cache.on_answer = lambda key: self.trigger_from_thread([key])
         self.step_pods = step_pods  # None: every finished Job's Pod is listed
         self.watched = watched or Watched()  # the operator's watches; tests fill them
         self.watched.step_jobs.on_finished = self._job_finished_from_thread
@@ -125,10 +119,6 @@ class RunReconciler:
         if parent:
             self.trigger((key[0], parent))
 
-    def _trigger_from_thread(self, key: RunKey) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.queue.add, key)
-
     def trigger_from_thread(self, keys: Iterable[RunKey]) -> None:
         """trigger_soon, from a thread other than the loop's."""
         keys = list(keys)
@@ -178,7 +168,7 @@ class RunReconciler:
         return await asyncio.to_thread(self._reconcile, key, body, observed)
 
     async def _failed(self, key: RunKey, error: Exception, retry: Retry) -> None:
-        await asyncio.to_thread(self._report_failure, key, error, retry)
+        await asyncio.to_thread(self.report_failure, key, error, retry)
 
     # --- one pass (worker thread) ---
 
@@ -206,7 +196,7 @@ class RunReconciler:
         if body["metadata"].get("deletionTimestamp"):
             self._let_go(key, body)
             return Result()
-        run = self._view_or_fail(key, body)
+        run = run_failures.view_or_fail(self._carry_out, key, body)
         if run is None:
             return Result()
         spec, old_status = run.spec, run.status
@@ -295,26 +285,6 @@ class RunReconciler:
             self._loop.call_soon_threadsafe(self.queue.add, key)
         return Result(requeue_after=done.wake_at)
 
-    def _view_or_fail(self, key: RunKey, body: dict[str, Any]) -> RunView | None:
-        """The Run as plain data; a spec or status that does not validate (the API server's
-        schema let it through, or someone rewrote status) fails the Run with the error."""
-        status: RunStatus | None = None
-        try:
-            status = RunStatus.model_validate(body.get("status") or {})
-            spec = RunSpec.model_validate(body.get("spec") or {})
-        except ValidationError as error:
-            if status is not None and status.phase in TERMINAL_RUN_PHASES:
-                return None  # failed already: nothing is left to stop
-            where = "spec" if status is not None else "status"
-            reason = Reason.INVALID_SPEC if status is not None else Reason.INCONSISTENT_STATUS
-            message = f"the Run's {where} does not validate: {error}"
-            old = status or RunStatus(audit=observe.audit_outbox(body))
-            view = observe.view(key, body, RunSpec.model_construct(), old)  # spec unused here
-            failed = abort_run(view, datetime.now(UTC), reason, message)
-            self._carry_out(view, body, failed, 0, replace_status=status is None)
-            return None
-        return observe.view(key, body, spec, status)
-
     def _let_go(self, key: RunKey, body: dict[str, Any]) -> None:
         """A Run being deleted: its Jobs go with it (owner references); the audit finalizer
         goes once the mirror has stored everything (the mirror's write wakes us)."""
@@ -326,36 +296,5 @@ class RunReconciler:
         remaining = [f for f in finalizers if f != AUDIT_FINALIZER]
         self.kube.set_finalizers("runs", *key, remaining, body["metadata"]["resourceVersion"])
 
-    def _report_failure(self, key: RunKey, error: Exception, retry: Retry) -> None:
-        """A pass raised; the queue retries it after retry.delay, and the decision is made
-        from scratch again, so a retry never repeats work. An outage (transient) is retried
-        for as long as it lasts, shown on the Run once it lasted; anything else is a fault of
-        this Run or of the operator that retrying will not mend: after a few tries the Run
-        fails with it."""
-        transient = is_transient(error)
-        detail = f"{type(error).__name__}: {error}"[:1000]
-        metrics.RECONCILE_ERRORS.labels(transient=str(transient).lower()).inc()
-        log.error(
-            "reconcile failed; retrying in %.1f s",
-            retry.delay.total_seconds(),
-            exc_info=error,
-            extra={"run": key[1], "failures": retry.failures, "transient": transient},
-        )
-        if retry.failures < failures_before_showing(transient):
-            return
-        try:
-            body = self.kube.get("runs", *key)
-            if body is None:
-                return
-            status = RunStatus.model_validate(body.get("status") or {})
-            now = datetime.now(UTC)
-            if transient:
-                message = f"retrying after {retry.failures} failures: {detail}"
-                shown = reconcile_error(status, now, type(error).__name__, message)
-                apply.patch_status(self.kube, key, body, shown.to_dict(), status.to_dict())
-                return
-            run = observe.view(key, body, RunSpec.model_validate(body.get("spec") or {}), status)
-            message = f"the operator failed on this Run {retry.failures} times: {detail}"
-            self._carry_out(run, body, abort_run(run, now, Reason.RECONCILE_ERROR, message), 0)
-        except Exception:
-            log.exception("could not report the failure on the Run", extra={"run": key[1]})
+    def report_failure(self, key: RunKey, error: Exception, retry: Retry) -> None:
+        run_failures.report_failure(self.kube, self._carry_out, key, error, retry)
