@@ -19,8 +19,14 @@ from nofx.apiserver import ApiServer
 log = logging.getLogger("nofx.watching")
 
 WATCH_SECONDS = 300  # the API server ends each watch after this long; it resumes where it was
-RETRY_SECONDS = 1.0  # after a failed list or watch; doubled while it keeps failing
+RETRY_SECONDS = 1.0  # after a failed list, watch or handler; doubled while it keeps failing
 MAX_RETRY_SECONDS = 60.0
+Key = tuple[str, str]  # (namespace, name)
+
+
+def retry_delay(failures: int) -> float:
+    """How long to wait after this many failures in a row (1 or more)."""
+    return float(min(RETRY_SECONDS * 2 ** min(failures - 1, 32), MAX_RETRY_SECONDS))
 
 
 class Followed(Protocol):
@@ -63,17 +69,17 @@ class Watch:
         self.stopped.set()
 
     def _follow(self) -> None:
-        delay = RETRY_SECONDS
         while not self.stopped.is_set():
             try:
                 version = self._list()
-                self.failures, delay = 0, RETRY_SECONDS
+                self.failures = 0
                 while not self.stopped.is_set():
                     version = self._watch(version)
             except Gone:
                 continue
             except Exception as error:
                 self.failures += 1
+                delay = retry_delay(self.failures)
                 log.warning(
                     "the %s watch failed; retrying in %.0f s: %s",
                     self.what,
@@ -82,7 +88,6 @@ class Watch:
                     extra={"failures": self.failures},
                 )
                 self.stopped.wait(delay)
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     def list_now(self) -> list[dict[str, Any]]:
         """Every object the watch covers, as a list of them now says, without following it."""
@@ -129,6 +134,10 @@ class Watching:
     """What an object kept up to date by watches (one per namespace, or one for all) starts
     and stops, and whether it tells its handler what they see.
 
+    A full list is told the first time whole; after a gap (410 Gone, an outage) only what
+    changed or went away meanwhile, as changes (ADDED, DELETED with the last body held): what
+    did not change was told already. Each part says which objects it holds, at which version.
+
     A replica that stands by keeps its watches, so that it takes over with everything in
     memory, but tells nobody (handling False). On becoming active it tells every object anew
     from a fresh list, as Kopf does when it resumes: what changed meanwhile was told to nobody.
@@ -136,6 +145,29 @@ class Watching:
 
     watches: list[Watch]
     handling = True
+
+    def changed(self, scope: str, kind: str, obj: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def held_versions(self, scope: str) -> dict[Key, str]:
+        """The resourceVersion of each object held in the scope ("": all)."""
+        raise NotImplementedError
+
+    def last_body(self, key: Key) -> dict[str, Any]:
+        """What a deletion seen only in a fresh list tells: by default, the name alone."""
+        return {"metadata": {"namespace": key[0], "name": key[1]}}
+
+    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
+        first = not self.is_listed()
+        held = self.held_versions(scope)
+        present = {(obj["metadata"]["namespace"], obj["metadata"]["name"]) for obj in objects}
+        for key in held.keys() - present:
+            self.changed(scope, "DELETED", self.last_body(key))
+        for obj in objects:
+            metadata = obj["metadata"]
+            version = held.get((metadata["namespace"], metadata["name"]))
+            if first or version != metadata.get("resourceVersion", ""):
+                self.changed(scope, "ADDED", obj)
 
     def tell(self, kind: str, obj: dict[str, Any]) -> None:
         """Hands one change to the handler; nothing by default."""

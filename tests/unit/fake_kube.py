@@ -179,6 +179,10 @@ class FakeKube:
         stored["metadata"]["resourceVersion"] = self._bump()
         return copy.deepcopy(stored)
 
+    def touched(self, stored: dict[str, Any]) -> None:
+        """A stored object a test changed in place gets a new resourceVersion, as any write."""
+        stored["metadata"]["resourceVersion"] = self._bump()
+
     def _bump(self) -> str:
         self._version += 1
         return str(self._version)

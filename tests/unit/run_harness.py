@@ -108,6 +108,7 @@ class Harness:
         else:
             failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
             job["status"] = {"conditions": [failed], "failed": 1}
+        self.kube.touched(job)
         if pod:
             terminated = {"exitCode": exit_code, "message": json.dumps(outputs or {})}
             self.kube.pods[(NAMESPACE, name)] = {
@@ -121,4 +122,7 @@ class Harness:
 
 
 def _agent_body(name: str, spec: AgentSpec) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec.to_dict()}
+    # Tests change an Agent by replacing its spec: a new spec, a new resourceVersion.
+    version = json.dumps(spec.to_dict(), sort_keys=True)
+    metadata = {"name": name, "namespace": NAMESPACE, "resourceVersion": version}
+    return {"metadata": metadata, "spec": spec.to_dict()}

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from nofx import watching
 from nofx.api.agent import AgentSpec
-from nofx.reconcilers import specs as specs_module
 from nofx.reconcilers.specs import Specs
 
 
@@ -78,7 +78,7 @@ def test_a_fresh_list_tells_what_changed_and_the_last_body_of_what_went() -> Non
 def test_a_handler_that_fails_does_not_stop_the_next_and_is_retried_while_current(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(specs_module, "RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(watching, "RETRY_SECONDS", 0.01)
     specs, handler = Specs(AgentSpec, "agents"), Handler(fail_on="a")
     specs.on_change = handler
     first = agent("a")
@@ -93,4 +93,32 @@ def test_a_handler_that_fails_does_not_stop_the_next_and_is_retried_while_curren
         time.sleep(0.01)
     time.sleep(0.1)  # any retry of the older change still waiting has come due
     assert handler.bodies[-1] is newer, "the older change is not handled after the newer one"
+    specs.stop()
+
+
+class Listing:
+    """A watch that has listed, and what a list of it says now."""
+
+    def __init__(self, *objects: dict[str, Any]) -> None:
+        self.objects = list(objects)
+        self.listed_once = threading.Event()
+        self.listed_once.set()
+
+    def list_now(self) -> list[dict[str, Any]]:
+        return self.objects
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_failed_change_told_on_taking_over_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watching, "RETRY_SECONDS", 0.01)
+    specs, handler = Specs(AgentSpec, "agents"), Handler(fail_on="a")
+    specs.on_change = handler
+    specs.set_handling(False)  # standing by: it holds, and tells nobody
+    specs.changed("", "ADDED", agent("a"))
+    assert handler.seen == []
+    specs.watches = [Listing(agent("a"))]  # type: ignore[list-item]
+    specs.set_handling(True)  # the list's body is not the one held, at the same version
+    assert handler.wait(2)[:2] == [("ADDED", "a"), ("ADDED", "a")]
     specs.stop()

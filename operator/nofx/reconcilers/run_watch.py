@@ -22,9 +22,8 @@ from nofx.builders.ownership import owning_run
 from nofx.builders.scheduled_run import scheduled_time
 from nofx.planner.facts import ChildRunObservation
 from nofx.scheduling.decide import ScheduledRunView
+from nofx.watching import Key as RunKey
 from nofx.watching import Watch, Watching
-
-RunKey = tuple[str, str]  # (namespace, name)
 
 # Called on the watch's thread with each change: ADDED (also for every Run of a first list),
 # MODIFIED or DELETED, and the body.
@@ -77,21 +76,9 @@ class RunWatch(Watching):
 
     # --- what the watch tells ---
 
-    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
-        """A full list of one scope: every Run is told the first time; after a gap, only those
-        that changed or went away meanwhile."""
-        first = not self.is_listed()
-        present = {(run["metadata"]["namespace"], run["metadata"]["name"]) for run in objects}
+    def held_versions(self, scope: str) -> dict[RunKey, str]:
         with self._lock:
-            gone = [key for key in self._runs if key not in present and scope in ("", key[0])]
-        for namespace, name in gone:
-            self.changed(scope, "DELETED", {"metadata": {"namespace": namespace, "name": name}})
-        for run in objects:
-            metadata = run["metadata"]
-            with self._lock:
-                known = self._runs.get((metadata["namespace"], metadata["name"]))
-            if first or known is None or known.version != metadata.get("resourceVersion"):
-                self.changed(scope, "ADDED", run)
+            return {k: seen.version for k, seen in self._runs.items() if scope in ("", k[0])}
 
     def changed(self, scope: str, kind: str, run: dict[str, Any]) -> None:
         metadata = run["metadata"]

@@ -20,13 +20,11 @@ from pydantic import BaseModel, ValidationError
 
 from nofx.api.common import GROUP, VERSION
 from nofx.apiserver import ApiServer
-from nofx.watching import Watch, Watching
+from nofx.watching import Key, Watch, Watching, retry_delay
 
 log = logging.getLogger("nofx.specs")
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
-RETRY_SECONDS = 1.0  # after a handler failed (the API server away); doubled while it fails
-MAX_RETRY_SECONDS = 60.0
 # The handler: ADDED (also for each object of a first list), MODIFIED or DELETED, and the body.
 Changed = Callable[[str, dict[str, Any]], None]
 
@@ -44,7 +42,7 @@ class Specs(Watching, Generic[SpecT]):
         self.ready: Callable[[], bool] = lambda: True  # what the handler reads is whole
         self._stopped = threading.Event()
         self._lock = threading.Lock()
-        self._bodies: dict[tuple[str, str], dict[str, Any]] = {}  # a deletion's handler reads it
+        self._bodies: dict[Key, dict[str, Any]] = {}  # a deletion's handler reads it
         self._specs: dict[str, dict[str, SpecT | None]] = defaultdict(dict)
         self._handler = ThreadPoolExecutor(1, thread_name_prefix=plural)
         # server None: nothing is watched (tests fill it through listed and changed).
@@ -71,25 +69,13 @@ class Specs(Watching, Generic[SpecT]):
 
     # --- what the watch tells ---
 
-    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
-        """A full list of one scope: all are told the first time; after a gap, only those that
-        changed or went away meanwhile."""
-        first = not self.is_listed()
-        present = {(body["metadata"]["namespace"], body["metadata"]["name"]) for body in objects}
+    def held_versions(self, scope: str) -> dict[Key, str]:
         with self._lock:
-            gone = [
-                body
-                for key, body in self._bodies.items()
-                if key not in present and scope in ("", key[0])
-            ]
-        for body in gone:
-            self.changed(scope, "DELETED", body)
-        for body in objects:
-            metadata = body["metadata"]
-            with self._lock:
-                known = self._bodies.get((metadata["namespace"], metadata["name"]))
-            if first or known is None or _version(known) != _version(body):
-                self.changed(scope, "ADDED", body)
+            return {k: _version(b) for k, b in self._bodies.items() if scope in ("", k[0])}
+
+    def last_body(self, key: Key) -> dict[str, Any]:
+        with self._lock:
+            return self._bodies[key]  # a deletion's handler reads its uid
 
     def changed(self, scope: str, kind: str, body: dict[str, Any]) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -127,7 +113,7 @@ class Specs(Watching, Generic[SpecT]):
                 self.on_change(kind, body)
         except Exception as error:  # the next change is handled all the same
             failures += 1
-            delay = min(RETRY_SECONDS * 2 ** (failures - 1), MAX_RETRY_SECONDS)
+            delay = retry_delay(failures)
             metadata = body["metadata"]
             log.warning(
                 "handling a change of %s %s/%s failed; retrying in %.0f s: %s",
@@ -143,10 +129,14 @@ class Specs(Watching, Generic[SpecT]):
             self._handler.submit(self._handle, kind, body, failures)
 
     def _is_current(self, kind: str, body: dict[str, Any]) -> bool:
+        """No newer change of the object came. By version, not identity: a change told from a
+        standby's takeover list is a body of its own."""
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         with self._lock:
             held = self._bodies.get(key)
-        return held is None if kind == "DELETED" else held is body
+        if kind == "DELETED":
+            return held is None
+        return held is not None and _version(held) == _version(body)
 
 
 def _version(body: dict[str, Any]) -> str:

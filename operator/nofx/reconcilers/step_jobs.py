@@ -21,9 +21,8 @@ from nofx.builders.job_status import observe_job
 from nofx.builders.labels import AGENT_LABEL, RUN_LABEL
 from nofx.builders.ownership import owning_run
 from nofx.planner.facts import JobObservation
+from nofx.watching import Key as JobKey
 from nofx.watching import Watch, Watching
-
-JobKey = tuple[str, str]  # (namespace, Job name)
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,7 @@ class StepJob:
     run: str | None  # the owning Run's name
     agent: str | None  # the Job's Agent label
     observation: JobObservation
+    version: str = ""  # its resourceVersion: a fresh list tells only Jobs that changed
 
 
 # Called on the watch's thread with a Job's last state when it finished, changed after
@@ -75,15 +75,9 @@ class StepJobs(Watching):
 
     # --- what the watch tells ---
 
-    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
-        """A full list of one scope: Jobs it no longer holds went away meanwhile."""
-        present = {(job["metadata"]["namespace"], job["metadata"]["name"]) for job in objects}
+    def held_versions(self, scope: str) -> dict[JobKey, str]:
         with self._lock:
-            gone = [key for key in self._jobs if key not in present and scope in ("", key[0])]
-        for key in gone:
-            self._forget(key)
-        for job in objects:
-            self.changed(scope, "ADDED", job)
+            return {k: job.version for k, job in self._jobs.items() if scope in ("", k[0])}
 
     def changed(self, scope: str, kind: str, job: dict[str, Any]) -> None:
         metadata = job["metadata"]
@@ -92,7 +86,8 @@ class StepJobs(Watching):
             self._forget(key)
             return
         agent = (metadata.get("labels") or {}).get(AGENT_LABEL)
-        seen = StepJob(key[0], owning_run(job), agent, observe_job(job))
+        version = metadata.get("resourceVersion", "")
+        seen = StepJob(key[0], owning_run(job), agent, observe_job(job), version)
         with self._lock:
             before = self._jobs.get(key)
             if before is not None:
