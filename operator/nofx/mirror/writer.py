@@ -41,6 +41,10 @@ ObjectKey = tuple[str, str, str]  # kind, namespace, name
 BATCH_RUNS = 200  # Runs per transaction
 ACK_THREADS = 8  # acknowledgements in flight at once: each is one API round trip
 MAX_BACKOFF = 30.0
+# Once woken, the writer waits this long before writing, so that one transaction carries the
+# Runs that changed together (dozens under load) instead of one each: a little lag for far
+# fewer round trips to Postgres.
+GATHER_SECONDS = 0.05
 RETRY_FIRST = 1.0  # seconds before a refused Run or object, or an acknowledgement, is retried
 # Seconds between checkpoints of the Agent and Template streams that changed: how long a
 # deleted newest registry row can go unnoticed (a Run's head is signed when the Run ends).
@@ -114,7 +118,8 @@ class MirrorWriter:
     def _loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            self._wake.wait(timeout=1.0)
+            if self._wake.wait(timeout=1.0):
+                self._stop.wait(GATHER_SECONDS)
             self._wake.clear()
             try:
                 self._report_lag()
