@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import orjson
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
@@ -64,17 +64,25 @@ class ApiServer:
         response.release_conn()  # back to the pool: no new TLS handshake next time
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
-        return json.loads(data)
+        return decode(data)
 
     @contextmanager
     def stream(self, path: str, query: dict[str, str], read_timeout: float) -> Iterator[Any]:
-        """The lines of a streaming GET (a watch), as they arrive."""
+        """The lines of a streaming GET (a watch), as they arrive, undecoded (see decode)."""
         response = self._send("GET", path, query, timeout=(10, read_timeout))
         read_to_end = False
 
-        def lines() -> Iterator[str]:
+        def lines() -> Iterator[bytes]:
             nonlocal read_to_end
-            yield from iter_resp_lines(response)
+            started: list[bytes] = []  # of a line not ended yet (a large object's chunks)
+            for chunk in response.stream(amt=None, decode_content=False):
+                if b"\n" not in chunk:
+                    started.append(chunk)
+                    continue
+                first, *whole, last = chunk.split(b"\n")
+                yield b"".join([*started, first])
+                yield from whole
+                started = [last]
             read_to_end = True
 
         try:
@@ -103,7 +111,7 @@ class ApiServer:
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
-            data = json.dumps(body).encode()
+            data = encode(body)
         url = f"{self._prefix}{path}?{urlencode(query)}" if query else self._prefix + path
         connect, read = timeout or REQUEST_TIMEOUT
         limits = urllib3.Timeout(connect=connect, read=read)
@@ -116,3 +124,24 @@ class ApiServer:
         return self._pool.urlopen(
             method, url, body=data, headers=headers, timeout=limits, preload_content=False
         )
+
+
+# JSON by orjson: three to four times as fast as the standard library's, and decoding watch
+# events was about a tenth of the operator's CPU. What orjson refuses goes to the standard
+# library, as before: a lone surrogate or a number beyond a double to decode (the API server
+# sends neither), a key that is not a string or an integer beyond 64 bits to encode.
+
+
+def decode(data: bytes | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        text = data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+        return json.loads(text)
+
+
+def encode(body: Any) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body).encode()

@@ -9,12 +9,11 @@ is retried with a doubling delay, and says so in the log."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import Any, Protocol
 
-from nofx.apiserver import ApiServer
+from nofx.apiserver import ApiServer, decode
 
 log = logging.getLogger("nofx.watching")
 
@@ -118,7 +117,7 @@ class Watch:
                     break
                 if not line:
                     continue
-                event = json.loads(line)
+                event = decode(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     if obj.get("code") == 410:

@@ -23,6 +23,7 @@ from nofx.reconcilers.errors import is_transient
 
 
 class Recorded(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # a watch's answer comes in chunks
     seen: ClassVar[list[dict[str, Any]]] = []
 
     def _answer(self) -> None:
@@ -43,7 +44,7 @@ class Recorded(BaseHTTPRequestHandler):
                 self._send(200, "{}")
         elif "watch=true" in self.path:
             lines = [{"type": "ADDED", "object": {"n": 1}}, {"type": "DELETED", "object": {"n": 2}}]
-            self._send(200, "\n".join(json.dumps(line) for line in lines) + "\n")
+            self._send_chunked("\n".join(json.dumps(line) for line in lines) + "\n", size=7)
         elif self.path.endswith("/missing"):
             self._send(404, json.dumps({"kind": "Status", "message": "not there", "code": 404}))
         else:
@@ -55,6 +56,18 @@ class Recorded(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(text.encode())))
         self.end_headers()
         self.wfile.write(text.encode())
+
+    def _send_chunked(self, text: str, size: int) -> None:
+        """In chunks of `size` bytes: lines end in the middle of chunks, and span several."""
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for start in range(0, len(data), size):
+            piece = data[start : start + size]
+            self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_POST = do_PATCH = _answer
 
@@ -101,10 +114,21 @@ def test_an_error_status_is_an_api_exception_with_the_servers_words(server: ApiS
     assert server.request("GET", "/api/v1/namespaces") == {"echo": None}, "the pool still works"
 
 
-def test_a_watch_yields_its_lines(server: ApiServer) -> None:
+def test_a_watch_yields_its_lines_whole_across_chunks(server: ApiServer) -> None:
     with server.stream("/api/v1/pods", {"watch": "true"}, read_timeout=5) as lines:
-        events = [json.loads(line) for line in lines if line]
-    assert [event["type"] for event in events] == ["ADDED", "DELETED"]
+        events = [apiserver.decode(line) for line in lines if line]
+    assert events == [
+        {"type": "ADDED", "object": {"n": 1}},
+        {"type": "DELETED", "object": {"n": 2}},
+    ]
+    assert server.request("GET", "/api/v1/namespaces") == {"echo": None}, "the pool still works"
+
+
+def test_json_orjson_refuses_is_read_and_written_as_before() -> None:
+    assert apiserver.decode(b'{"a": "\\ud800", "b": 1e400}') == {"a": "\ud800", "b": float("inf")}
+    assert apiserver.decode(b'{"a": [1, "x\xff"]}') == {"a": [1, "x\ufffd"]}
+    assert json.loads(apiserver.encode({1: 2**70})) == {"1": 2**70}
+    assert apiserver.encode({"a": [1, None]}) == b'{"a":[1,null]}'
 
 
 def test_a_request_the_server_does_not_answer_fails_in_bounded_time(
