@@ -257,7 +257,7 @@ def test_rbac_grants_no_more_than_needed(installed: Kubectl) -> None:
                            ("watch", "pods"), ("patch", "runs.nofx.dev/status"),
                            ("create", "runs.nofx.dev"),
                            ("watch", "agents.nofx.dev"), ("create", "events"), ("list", "events"),
-                           ("watch", "schedules.nofx.dev")]:  # fmt: skip
+                           ("watch", "schedules.nofx.dev"), ("watch", "namespaces")]:  # fmt: skip
         assert can_i(installed, verb, resource), f"the operator cannot {verb} {resource}"
     for verb, resource in [("get", "secrets"), ("list", "secrets"), ("create", "pods"),
                            ("delete", "pods"), ("update", "agents.nofx.dev"),

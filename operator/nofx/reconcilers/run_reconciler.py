@@ -210,7 +210,7 @@ class RunReconciler:
         namespace_account = namespace_queue = None
         unpinned = old_status.account is None or old_status.pinned is None
         if unpinned and old_status.phase not in TERMINAL_RUN_PHASES:
-            labels = self.kube.namespace_labels(namespace)
+            labels = self.watched.namespaces.labels_of(namespace, self.kube.namespace_labels)
             namespace_account = accounts.namespace_account(namespace, labels)
             namespace_queue = queues.namespace_queue(labels)
         account = old_status.account or namespace_account

@@ -1,6 +1,7 @@
-"""What the operator's own watches hold, which the reconcilers read: Runs, step Jobs, Agents and
-Templates, and with Kueue, Kopf's index of Workloads. Made once at startup; a test makes an
-empty one and fills what it needs through each part's listed() and changed()."""
+"""What the operator's own watches hold, which the reconcilers read: Runs, step Jobs, Agents,
+Templates and namespaces' labels, and with Kueue, Kopf's index of Workloads. Made once at
+startup; a test makes an empty one and fills what it needs through each part's listed() and
+changed()."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from nofx.api.agent import AgentSpec
 from nofx.api.template import TemplateSpec
 from nofx.apiserver import ApiServer
+from nofx.reconcilers.namespaces import NamespaceLabels
 from nofx.reconcilers.run_watch import RunWatch
 from nofx.reconcilers.specs import Specs
 from nofx.reconcilers.step_jobs import StepJobs
@@ -22,6 +24,7 @@ class Watched:
     step_jobs: StepJobs = field(default_factory=StepJobs)
     agents: Specs[AgentSpec] = field(default_factory=lambda: Specs(AgentSpec, "agents"))
     templates: Specs[TemplateSpec] = field(default_factory=lambda: Specs(TemplateSpec, "templates"))
+    namespaces: NamespaceLabels = field(default_factory=NamespaceLabels)
     workloads: Any = None  # Kopf's index of Kueue's Workloads by Job; None: no Kueue
 
     @classmethod
@@ -31,6 +34,7 @@ class Watched:
             StepJobs(server, namespaces),
             Specs(AgentSpec, "agents", server, namespaces),
             Specs(TemplateSpec, "templates", server, namespaces),
+            NamespaceLabels(server, namespaces),
         )
         # The Agent and Template handlers read each other's specs, and wake Runs.
         watched.agents.ready = watched.templates.ready = watched.is_listed
@@ -38,15 +42,18 @@ class Watched:
 
     @property
     def parts(self) -> tuple[Watching, ...]:
+        """What a Run's reconcile waits for. Not the namespaces' labels: one not seen is read
+        from the API server, so a namespace watch that cannot list (RBAC from an older chart)
+        costs a GET per Run, as before, and holds no Run back."""
         return (self.runs, self.step_jobs, self.agents, self.templates)
 
     def start(self) -> None:
         """After every handler is in place: what the first lists hold goes to them."""
-        for part in self.parts:
+        for part in (*self.parts, self.namespaces):
             part.start()
 
     def stop(self) -> None:
-        for part in self.parts:
+        for part in (*self.parts, self.namespaces):
             part.stop()
 
     def is_listed(self) -> bool:
