@@ -1,11 +1,19 @@
 """Our own writes, recognised when their watch events come back, so they are not reconciled
 again; and the newest body we know of each object, so that a pass triggered by something else
-(a finished Job, a timer) need not read it from the API server first."""
+(a finished Job, a timer) need not read it from the API server first.
+
+A write's watch event often comes before its response does (the API server sends both at once,
+and the response's body is read and decoded after). So a write is announced before it is sent
+(writing), and an event of the object that comes meanwhile is held until the write is recorded
+or failed: taken for someone else's change, it cost a reconcile that found nothing to do, for
+most status writes under load."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 Key = tuple[str, str, str]  # (plural, namespace, name)
@@ -25,6 +33,27 @@ class OwnWrites:
         self._lock = threading.Lock()
         self._versions: dict[Key, list[str]] = {}
         self._bodies: OrderedDict[Key, dict[str, Any]] = OrderedDict()
+        self._writing: dict[Key, int] = {}  # writes sent whose response has not come yet
+        # Events held while a write is in flight: their version, and what to call with whether
+        # they echo a write of ours.
+        self._held: dict[Key, list[tuple[str, Callable[[bool], None]]]] = {}
+
+    @contextmanager
+    def writing(self, plural: str, namespace: str, name: str) -> Iterator[None]:
+        """Around a write (and its add): events of the object held meanwhile are told after."""
+        key = (plural, namespace, name)
+        with self._lock:
+            self._writing[key] = self._writing.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._writing.pop(key) - 1
+                if left:
+                    self._writing[key] = left
+                held = [] if left else self._held.pop(key, [])
+            for version, tell in held:
+                tell(self.is_echo(plural, namespace, name, version))
 
     def add(self, plural: str, stored: dict[str, Any]) -> None:
         """Records a write, given the object as stored."""
@@ -60,13 +89,35 @@ class OwnWrites:
 
     def is_echo(self, plural: str, namespace: str, name: str, resource_version: str) -> bool:
         """True once for each version we wrote. Events come in order, so the writes before it
-        will never be seen again (Kopf skipped them, or they came already)."""
+        will never be seen again (skipped, or they came already)."""
         with self._lock:
-            versions = self._versions.get((plural, namespace, name)) or []
-            if resource_version not in versions:
+            return self._take((plural, namespace, name), resource_version)
+
+    def echo_or_hold(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        resource_version: str,
+        later: Callable[[bool], None],
+    ) -> bool | None:
+        """is_echo, except for an event that comes while a write of the object is in flight:
+        None, and later(is_echo) once that write is recorded or failed."""
+        key = (plural, namespace, name)
+        with self._lock:
+            if self._take(key, resource_version):
+                return True
+            if key not in self._writing:
                 return False
-            del versions[: versions.index(resource_version) + 1]
-            return True
+            self._held.setdefault(key, []).append((resource_version, later))
+            return None
+
+    def _take(self, key: Key, resource_version: str) -> bool:
+        versions = self._versions.get(key) or []
+        if resource_version not in versions:
+            return False
+        del versions[: versions.index(resource_version) + 1]
+        return True
 
     def forget(self, plural: str, namespace: str, name: str) -> None:
         with self._lock:

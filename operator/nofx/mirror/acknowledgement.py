@@ -44,16 +44,17 @@ def remove_from_outbox(
         if len(remaining) == len(audit.get("pending") or []):
             return True
         try:
-            written = kube.patch_status(
-                "runs", *key,
-                {"audit": {**audit, "pending": remaining or None}},
-                body["metadata"]["resourceVersion"],
-            )  # fmt: skip
-            if written is not None and not refetched:
-                # Nothing the reconciler reads changed: its watch event needs no reconcile.
-                # Not after a GET: Kopf may fold the event of a change the reconciler has
-                # not seen yet into the event of this write.
-                kube.own_writes.add("runs", written)
+            with kube.own_writes.writing("runs", *key):
+                written = kube.patch_status(
+                    "runs", *key,
+                    {"audit": {**audit, "pending": remaining or None}},
+                    body["metadata"]["resourceVersion"],
+                )  # fmt: skip
+                if written is not None and not refetched:
+                    # Nothing the reconciler reads changed: its watch event needs no
+                    # reconcile. Not after a GET: Kopf may fold the event of a change the
+                    # reconciler has not seen yet into the event of this write.
+                    kube.own_writes.add("runs", written)
             return True
         except Conflict:
             body, refetched = kube.get("runs", *key), True

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -101,13 +101,25 @@ class RunReconciler:
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
         parent = owning_run(body)
-        wake = True
-        if kind != "DELETED":
-            if self.mirror is not None and observe.pending_audit(body):
-                self.mirror.offer_run(body)
-            wake = not self.is_own_write(key, body)
-            if wake:
-                self.kube.own_writes.seen("runs", body)
+        if kind == "DELETED":
+            self._tell(kind, key, body, True, parent)
+            return
+        if self.mirror is not None and observe.pending_audit(body):
+            self.mirror.offer_run(body)
+        # Never an echo while the Run is being deleted: the mirror's last acknowledgement is
+        # what lets the reconciler remove the audit finalizer.
+        own = not metadata.get("deletionTimestamp") and self.kube.own_writes.echo_or_hold(
+            "runs", *key, metadata.get("resourceVersion", ""),
+            lambda own: self._tell(kind, key, body, not own, parent),
+        )  # fmt: skip
+        if own is not None:  # else told once our write in flight is recorded (own_writes.py)
+            self._tell(kind, key, body, not own, parent)
+
+    def _tell(
+        self, kind: str, key: RunKey, body: dict[str, Any], wake: bool, parent: str | None
+    ) -> None:
+        if wake and kind != "DELETED":
+            self.kube.own_writes.seen("runs", body)
         if (wake or parent) and self._loop is not None:
             self._loop.call_soon_threadsafe(self._run_changed, kind, key, wake, parent)
 
@@ -141,15 +153,6 @@ class RunReconciler:
             self.trigger_soon(self.waiters.pop(job.namespace, "AgentSlot", job.agent))
         if job.run:
             self.trigger((job.namespace, job.run))
-
-    def is_own_write(self, key: RunKey, body: Mapping[str, Any]) -> bool:
-        """The watch event of a write of ours (the reconciler's finalizer or status, the
-        mirror's acknowledgement). Not while the Run is being deleted: the mirror's last
-        acknowledgement is what lets the reconciler remove the audit finalizer."""
-        metadata = body["metadata"]
-        return not metadata.get("deletionTimestamp") and self.kube.own_writes.is_echo(
-            "runs", *key, metadata.get("resourceVersion", "")
-        )
 
     def forget(self, key: RunKey) -> None:
         """A deleted Run: nothing of it is kept."""
