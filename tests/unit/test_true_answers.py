@@ -11,6 +11,7 @@ import pytest
 
 from nofx.api import RunStatus
 from nofx.api.reasons import Reason
+from nofx.planner.attempts import POD_START_CHECK
 from nofx.planner.conditions import reconcile_error
 from nofx.planner.decide import decide
 from nofx.planner.facts import ChildRunObservation, JobObservation, Limits
@@ -144,7 +145,7 @@ def test_a_job_without_a_pod_says_why_then_fails_the_attempt_after_a_bounded_wai
     decision = sim.decide()
     assert decision.wake_at is not None and decision.wake_at > sim.now  # it will look again
 
-    sim.tick(6)
+    sim.tick(POD_START_CHECK.total_seconds() + 1)
     error = 'pods "x" is forbidden: error looking up service account team-a/missing'
     sim.set_world(jobs={request.job_name: replace(waiting, pod_create_error=error)})
     decision = sim.decide()

@@ -21,8 +21,10 @@ from nofx.planner.state import RunState
 
 # A Job without a Pod this long is asked why (the Job controller's FailedCreate Events); one
 # that still has none, with an error, Limits.pod_create_timeout after its creation fails the
-# attempt.
-POD_START_CHECK = timedelta(seconds=5)
+# attempt. Not sooner: on a busy control plane a Pod often takes a few seconds to come, and
+# each look before it did cost a reconcile that found nothing (at 5 s, one per step Job when
+# 150 Runs started at once).
+POD_START_CHECK = timedelta(seconds=10)
 MINUTE = timedelta(minutes=1)
 # Kueue makes a Workload for a queued Job within a second; none after this long is news.
 NO_WORKLOAD = timedelta(seconds=30)
