@@ -52,8 +52,9 @@ def remove_from_outbox(
                 )  # fmt: skip
                 if written is not None and not refetched:
                     # Nothing the reconciler reads changed: its watch event needs no
-                    # reconcile. Not after a GET: Kopf may fold the event of a change the
-                    # reconciler has not seen yet into the event of this write.
+                    # reconcile. Not after a GET: it may show a change the reconciler has not
+                    # seen yet, and a fresh list after a watch gap would fold that change's
+                    # event into this write's.
                     kube.own_writes.add("runs", written)
             return True
         except Conflict:
