@@ -4,7 +4,7 @@ again; and the newest body we know of each object, so that a pass triggered by s
 
 A write's watch event often comes before its response does (the API server sends both at once,
 and the response's body is read and decoded after). So a write is announced before it is sent
-(writing), and an event of the object that comes meanwhile is held until the write is recorded
+(write), and an event of the object that comes meanwhile is held until the write is recorded
 or failed: taken for someone else's change, it cost a reconcile that found nothing to do, for
 most status writes under load."""
 
@@ -33,24 +33,41 @@ class OwnWrites:
         self._lock = threading.Lock()
         self._versions: dict[Key, list[str]] = {}
         self._bodies: OrderedDict[Key, dict[str, Any]] = OrderedDict()
-        self._writing: dict[Key, int] = {}  # writes sent whose response has not come yet
+        self._writing_now: dict[Key, int] = {}  # writes sent whose response has not come yet
         # Events held while a write is in flight: their version, and what to call with whether
         # they echo a write of ours.
         self._held: dict[Key, list[tuple[str, Callable[[bool], None]]]] = {}
 
+    def write(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        send: Callable[[], dict[str, Any] | None],
+        *,
+        record: bool = True,
+    ) -> dict[str, Any] | None:
+        """Sends a write of ours (send: the object as stored, None if it is gone) and, with
+        record, adds it. Events of the object that come before its response are held until
+        then, and told after (see echo_or_hold)."""
+        with self._writing(plural, namespace, name):
+            stored = send()
+            if stored is not None and record:
+                self.add(plural, stored)
+        return stored
+
     @contextmanager
-    def writing(self, plural: str, namespace: str, name: str) -> Iterator[None]:
-        """Around a write (and its add): events of the object held meanwhile are told after."""
+    def _writing(self, plural: str, namespace: str, name: str) -> Iterator[None]:
         key = (plural, namespace, name)
         with self._lock:
-            self._writing[key] = self._writing.get(key, 0) + 1
+            self._writing_now[key] = self._writing_now.get(key, 0) + 1
         try:
             yield
         finally:
             with self._lock:
-                left = self._writing.pop(key) - 1
+                left = self._writing_now.pop(key) - 1
                 if left:
-                    self._writing[key] = left
+                    self._writing_now[key] = left
                 held = [] if left else self._held.pop(key, [])
             for version, tell in held:
                 tell(self.is_echo(plural, namespace, name, version))
@@ -107,7 +124,7 @@ class OwnWrites:
         with self._lock:
             if self._take(key, resource_version):
                 return True
-            if key not in self._writing:
+            if key not in self._writing_now:
                 return False
             self._held.setdefault(key, []).append((resource_version, later))
             return None

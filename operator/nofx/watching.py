@@ -157,7 +157,7 @@ class Watching:
         return {"metadata": {"namespace": key[0], "name": key[1]}}
 
     def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
-        first = not self.is_listed()
+        # A scope's first list finds nothing held: all of it is told.
         held = self.held_versions(scope)
         present = {(obj["metadata"]["namespace"], obj["metadata"]["name"]) for obj in objects}
         for key in held.keys() - present:
@@ -165,7 +165,7 @@ class Watching:
         for obj in objects:
             metadata = obj["metadata"]
             version = held.get((metadata["namespace"], metadata["name"]))
-            if first or version != metadata.get("resourceVersion", ""):
+            if version != metadata.get("resourceVersion", ""):
                 self.changed(scope, "ADDED", obj)
 
     def tell(self, kind: str, obj: dict[str, Any]) -> None:

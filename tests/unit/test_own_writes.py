@@ -73,21 +73,39 @@ def test_only_the_latest_writes_are_kept() -> None:
 
 def test_an_event_that_comes_before_the_writes_response_waits_for_it() -> None:
     own, told = OwnWrites(), []
-    with own.writing("runs", "team", "r1"):
-        # The API server sent the watch event before the response was read.
+
+    def send() -> dict[str, object]:
+        # The API server sent the watch events before the response was read.
         assert own.echo_or_hold("runs", "team", "r1", "11", told.append) is None
         assert own.echo_or_hold("runs", "team", "r1", "12", told.append) is None
-        own.add("runs", stored("r1", "11"))
         assert told == []
+        return stored("r1", "11")
+
+    own.write("runs", "team", "r1", send)
     assert told == [True, False], "its own write's echo, then someone else's change"
     assert own.echo_or_hold("runs", "team", "r1", "13", told.append) is False, "none in flight"
 
 
 def test_a_failed_write_tells_what_it_held_as_news() -> None:
     own, told = OwnWrites(), []
-    with pytest.raises(RuntimeError), own.writing("runs", "team", "r1"):
+
+    def send() -> dict[str, object]:
         own.echo_or_hold("runs", "team", "r1", "11", told.append)
         raise RuntimeError("conflict")
+
+    with pytest.raises(RuntimeError):
+        own.write("runs", "team", "r1", send)
+    assert told == [False]
+
+
+def test_a_write_not_recorded_tells_its_echo_as_news() -> None:
+    own, told = OwnWrites(), []
+
+    def send() -> dict[str, object]:
+        own.echo_or_hold("runs", "team", "r1", "11", told.append)
+        return stored("r1", "11")
+
+    own.write("runs", "team", "r1", send, record=False)
     assert told == [False]
 
 
@@ -110,6 +128,25 @@ def test_the_status_write_is_recorded_and_its_echo_is_skipped_once() -> None:
     assert echo is not None
     assert not woken(h, echo)
     assert woken(h, echo)  # the same event again is news
+
+
+@pytest.mark.usefixtures("events")
+def test_a_status_writes_echo_that_comes_before_its_response_wakes_nothing() -> None:
+    h = Harness(step("code"))
+    calls: list[tuple[Any, ...]] = []
+    h.reconciler._loop = cast(Any, SimpleNamespace(call_soon_threadsafe=lambda *a: calls.append(a)))
+    write = h.kube.patch_status
+
+    def echo_first(*args: Any) -> Any:
+        stored = write(*args)
+        h.reconciler.run_changed("MODIFIED", dict(stored))  # the watch was quicker
+        assert calls == [], "held until the write is recorded"
+        return stored
+
+    h.kube.patch_status = echo_first  # type: ignore[method-assign]
+    h.reconcile()
+    assert h.kube.called("patch_status"), "the status was written"
+    assert not any(call[3] for call in calls), "its echo woke nobody"
 
 
 @pytest.mark.usefixtures("events")

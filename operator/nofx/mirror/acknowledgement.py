@@ -4,6 +4,7 @@ keeping any added since, with a patch guarded by the Run's resourceVersion."""
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from nofx.api_errors import Conflict
@@ -44,18 +45,13 @@ def remove_from_outbox(
         if len(remaining) == len(audit.get("pending") or []):
             return True
         try:
-            with kube.own_writes.writing("runs", *key):
-                written = kube.patch_status(
-                    "runs", *key,
-                    {"audit": {**audit, "pending": remaining or None}},
-                    body["metadata"]["resourceVersion"],
-                )  # fmt: skip
-                if written is not None and not refetched:
-                    # Nothing the reconciler reads changed: its watch event needs no
-                    # reconcile. Not after a GET: it may show a change the reconciler has not
-                    # seen yet, and a fresh list after a watch gap would fold that change's
-                    # event into this write's.
-                    kube.own_writes.add("runs", written)
+            patch = {"audit": {**audit, "pending": remaining or None}}
+            version = body["metadata"]["resourceVersion"]
+            # Nothing the reconciler reads changed: its watch event needs no reconcile (record).
+            # Not after a GET: it may show a change the reconciler has not seen yet, and a
+            # fresh list after a watch gap would fold that change's event into this write's.
+            send = partial(kube.patch_status, "runs", *key, patch, version)
+            kube.own_writes.write("runs", *key, send, record=not refetched)
             return True
         except Conflict:
             body, refetched = kube.get("runs", *key), True

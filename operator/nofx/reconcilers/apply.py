@@ -100,13 +100,13 @@ def apply(
     finalizers = body["metadata"].get("finalizers") or []
     if mirror is not None and decision.status.audit and AUDIT_FINALIZER not in finalizers:
         # Held until the mirror stored every event, so deleting a Run loses none of them.
-        with kube.own_writes.writing("runs", *key):
-            stored = kube.set_finalizers(
-                "runs", *key, [*finalizers, AUDIT_FINALIZER], body["metadata"]["resourceVersion"]
-            )
-            if stored is None:
-                return None
-            kube.own_writes.add("runs", stored)
+        version = body["metadata"]["resourceVersion"]
+        stored = kube.own_writes.write(
+            "runs", *key,
+            lambda: kube.set_finalizers("runs", *key, [*finalizers, AUDIT_FINALIZER], version),
+        )  # fmt: skip
+        if stored is None:
+            return None
         body = {**body, "metadata": stored["metadata"]}
     # Stop work before recording that it stopped: a crash in between must not leave it.
     for job in decision.delete_jobs:
@@ -194,13 +194,10 @@ def patch_status(
     every field it dropped."""
     changed = {field: value for field, value in status.items() if previous.get(field) != value}
     dropped = {field: None for field in previous if field not in status}
-    with kube.own_writes.writing("runs", *key):
-        stored = kube.patch_status(
-            "runs", *key, {**changed, **dropped}, body["metadata"]["resourceVersion"]
-        )
-        if stored is not None:
-            kube.own_writes.add("runs", stored)
-    return stored
+    version = body["metadata"]["resourceVersion"]
+    return kube.own_writes.write(
+        "runs", *key, lambda: kube.patch_status("runs", *key, {**changed, **dropped}, version)
+    )
 
 
 def _status_refused(
