@@ -57,14 +57,17 @@ class ApiServer:
         *,
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
+        answer: bool = True,
     ) -> Any:
-        """Plain data in and out, ApiException on an error status."""
+        """Plain data in and out, ApiException on an error status. With answer=False the
+        answer is read but not decoded (None): a created Job comes back whole, and decoding
+        what nobody reads cost as much as the rest of the request."""
         response = self._send(method, path, query, body, content_type)
         data = response.data
         response.release_conn()  # back to the pool: no new TLS handshake next time
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
-        return decode(data)
+        return decode(data) if answer else None
 
     @contextmanager
     def stream(self, path: str, query: dict[str, str], read_timeout: float) -> Iterator[Any]:

@@ -121,7 +121,8 @@ class Kube(ApiServer):
         """Creates the object; False if one of that name already exists, Rejected if the API
         server refuses it."""
         try:
-            self.request("POST", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}", body)
+            path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}"
+            self.request("POST", path, body, answer=False)
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -131,7 +132,11 @@ class Kube(ApiServer):
     def patch_spec(self, plural: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
         try:
             self.request(
-                "PATCH", _path(plural, namespace, name), {"spec": spec}, content_type=MERGE_PATCH
+                "PATCH",
+                _path(plural, namespace, name),
+                {"spec": spec},
+                content_type=MERGE_PATCH,
+                answer=False,
             )
         except ApiException as error:
             if error.status != 404:
@@ -145,7 +150,7 @@ class Kube(ApiServer):
             raise LookupError(f"{plural}/{name} not found")
         body["spec"] = spec
         try:
-            self.request("PUT", _path(plural, namespace, name), body)
+            self.request("PUT", _path(plural, namespace, name), body, answer=False)
         except ApiException as error:
             if error.status == 409:
                 raise Conflict(f"{plural}/{name} changed") from error
@@ -153,7 +158,7 @@ class Kube(ApiServer):
 
     def delete(self, plural: str, namespace: str, name: str) -> None:
         try:
-            self.request("DELETE", _path(plural, namespace, name), query=BACKGROUND)
+            self.request("DELETE", _path(plural, namespace, name), query=BACKGROUND, answer=False)
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -182,7 +187,9 @@ class Kube(ApiServer):
             "lastTimestamp": now,
             "count": 1,
         }
-        self.request("POST", f"/api/v1/namespaces/{involved['namespace']}/events", body)
+        self.request(
+            "POST", f"/api/v1/namespaces/{involved['namespace']}/events", body, answer=False
+        )
 
     # --- Jobs and Pods ---
 
@@ -191,7 +198,7 @@ class Kube(ApiServer):
         Rejected if the API server refuses it."""
         try:
             namespace = body["metadata"]["namespace"]
-            self.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", body)
+            self.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", body, answer=False)
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -209,7 +216,7 @@ class Kube(ApiServer):
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
-            self.request("DELETE", _job_path(namespace, name), query=BACKGROUND)
+            self.request("DELETE", _job_path(namespace, name), query=BACKGROUND, answer=False)
         except ApiException as error:
             if error.status != 404:
                 raise

@@ -114,6 +114,18 @@ def test_an_error_status_is_an_api_exception_with_the_servers_words(server: ApiS
     assert server.request("GET", "/api/v1/namespaces") == {"echo": None}, "the pool still works"
 
 
+def test_an_answer_nobody_reads_is_read_off_the_connection_but_not_decoded(
+    server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[bytes] = []
+    monkeypatch.setattr(apiserver, "decode", lambda data: decoded.append(data) or {})
+    created = server.request("POST", "/apis/batch/v1/namespaces/a/jobs", {"a": 1}, answer=False)
+    assert created is None
+    assert decoded == []
+    monkeypatch.undo()
+    assert server.request("GET", "/api/v1/namespaces") == {"echo": None}, "the pool still works"
+
+
 def test_a_watch_yields_its_lines_whole_across_chunks(server: ApiServer) -> None:
     with server.stream("/api/v1/pods", {"watch": "true"}, read_timeout=5) as lines:
         events = [apiserver.decode(line) for line in lines if line]

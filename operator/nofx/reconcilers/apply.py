@@ -124,7 +124,7 @@ def apply(
             audit = decision.status.audit
             if stored_keys and audit is not None and audit.pending:
                 audit.pending = outbox.acknowledge(audit.pending, stored_keys) or None
-                new_status = decision.status.to_dict()
+                new_status["audit"] = audit.to_dict()
         try:
             stored = patch_status(kube, key, body, new_status, old_status)
         except Rejected as error:
