@@ -71,7 +71,8 @@ def record_version(
         actor=version.actor,
         spec_hash=version.spec_hash,
     )
-    cur.execute(streams.INSERT_EVENT, streams.event_row(region, escape_fields(event), prev, key))
+    row = streams.event_row(region, escape_fields(event), prev, key)
+    streams.INSERT_EVENTS.execute(cur, [row])
     return number
 
 
@@ -109,7 +110,8 @@ def record_deletion(
         message=f"{kind} {namespace}/{name} deleted",
         actor=actor,
     )
-    cur.execute(streams.INSERT_EVENT, streams.event_row(region, escape_fields(event), prev, key))
+    row = streams.event_row(region, escape_fields(event), prev, key)
+    streams.INSERT_EVENTS.execute(cur, [row])
 
 
 def registry_stream(kind: str, namespace: str, name: str) -> str:

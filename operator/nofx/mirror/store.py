@@ -21,11 +21,10 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from nofx.api.run import TERMINAL_RUN_PHASES
-from nofx.mirror import checkpoints, history, queries, schema, streams
+from nofx.mirror import bulk, checkpoints, history, queries, schema, streams
 from nofx.mirror.audit_checks import Verification
 from nofx.mirror.errors import refusals_as_rejected
 from nofx.mirror.escaping import escape_fields, escape_json
@@ -33,48 +32,44 @@ from nofx.mirror.keys import AuditKey, KeyRing
 from nofx.mirror.records import AuditEvent, RunRecord, SpecVersion, UsageRecord
 from nofx.mirror.verify import verify as verify_chains
 
-INSERT_USAGE = """
-INSERT INTO usage_records (
-    region, run_uid, namespace, run_name, step, item_index, attempt, job_name, account, agent,
-    started_at, finished_at, billed_at, wall_seconds, cpu_request, memory_request, cost, currency,
-    outcome, token_cost, queue, queued_seconds
-) VALUES (
-    %(region)s, %(run_uid)s, %(namespace)s, %(run_name)s, %(step)s, %(item_index)s, %(attempt)s,
-    %(job_name)s, %(account)s, %(agent)s, %(started_at)s, %(finished_at)s, %(billed_at)s,
-    %(wall_seconds)s, %(cpu_request)s, %(memory_request)s, %(cost)s, %(currency)s, %(outcome)s,
-    %(token_cost)s, %(queue)s, %(queued_seconds)s
-) ON CONFLICT DO NOTHING
-"""
+INSERT_USAGE = bulk.Insert(
+    "usage_records",
+    [
+        "region", "run_uid", "namespace", "run_name", "step", "item_index", "attempt",
+        "job_name", "account", "agent", "started_at", "finished_at", "billed_at",
+        "wall_seconds", "cpu_request", "memory_request", "cost", "currency", "outcome",
+        "token_cost", "queue", "queued_seconds",
+    ],
+)  # fmt: skip
 
-INSERT_TOKENS = """
-INSERT INTO token_usage (
-    region, run_uid, namespace, run_name, step, item_index, attempt, account, agent, model,
-    billed_at, input_tokens, output_tokens, cached_tokens, cost, currency
-) VALUES (
-    %(region)s, %(run_uid)s, %(namespace)s, %(run_name)s, %(step)s, %(item_index)s, %(attempt)s,
-    %(account)s, %(agent)s, %(model)s, %(billed_at)s, %(input_tokens)s, %(output_tokens)s,
-    %(cached_tokens)s, %(cost)s, %(currency)s
-) ON CONFLICT DO NOTHING
-"""
+INSERT_TOKENS = bulk.Insert(
+    "token_usage",
+    [
+        "region", "run_uid", "namespace", "run_name", "step", "item_index", "attempt",
+        "account", "agent", "model", "billed_at", "input_tokens", "output_tokens",
+        "cached_tokens", "cost", "currency",
+    ],
+)  # fmt: skip
 
-INSERT_CACHE = """
-INSERT INTO step_cache (
-    region, cache_key, namespace, account, run_uid, run_name, step, attempt, outputs, created_at
-) VALUES (
-    %(region)s, %(cache_key)s, %(namespace)s, %(account)s, %(run_uid)s, %(run_name)s, %(step)s,
-    %(attempt)s, %(outputs)s, %(created_at)s
-) ON CONFLICT DO NOTHING
-"""
+INSERT_CACHE = bulk.Insert(
+    "step_cache",
+    [
+        "region", "cache_key", "namespace", "account", "run_uid", "run_name", "step",
+        "attempt", "outputs", "created_at",
+    ],
+)  # fmt: skip
 
 # A finished Run (finished_at set or a terminal phase) is never updated again, so a late,
-# older record cannot move it back; null fields never erase what is known.
-UPSERT_RUN = """
-INSERT INTO runs AS r (
-    region, uid, namespace, name, template, account, phase, created_at, started_at, finished_at
-) VALUES (
-    %(region)s, %(uid)s, %(namespace)s, %(name)s, %(template)s, %(account)s, %(phase)s,
-    %(created_at)s, %(started_at)s, %(finished_at)s
-) ON CONFLICT (region, uid) DO UPDATE SET
+# older record cannot move it back; null fields never erase what is known. One row per Run in
+# a statement (see _one_per_run).
+UPSERT_RUNS = bulk.Insert(
+    "runs",
+    [
+        "region", "uid", "namespace", "name", "template", "account", "phase", "created_at",
+        "started_at", "finished_at",
+    ],
+    alias="r",
+    then="""ON CONFLICT (region, uid) DO UPDATE SET
     namespace = EXCLUDED.namespace,
     name = EXCLUDED.name,
     template = coalesce(EXCLUDED.template, r.template),
@@ -83,8 +78,8 @@ INSERT INTO runs AS r (
     created_at = coalesce(EXCLUDED.created_at, r.created_at),
     started_at = coalesce(EXCLUDED.started_at, r.started_at),
     finished_at = coalesce(EXCLUDED.finished_at, r.finished_at)
-WHERE r.finished_at IS NULL AND (r.phase IS NULL OR r.phase <> ALL(%(terminal)s))
-"""
+WHERE r.finished_at IS NULL AND (r.phase IS NULL OR r.phase <> ALL(%(terminal)s))""",
+)  # fmt: skip
 
 
 class Store:
@@ -183,32 +178,30 @@ class Store:
         with self._transaction() as cur:
             rows = streams.chain_rows(cur, self.region, events, self.keys)
             if rows:
-                cur.executemany(streams.INSERT_EVENT, rows)
+                streams.INSERT_EVENTS.execute(cur, rows)
                 if self.keys:
                     checkpoints.checkpoint_finished_runs(
                         cur, self.region, rows, runs, self.keys.current, datetime.now(UTC)
                     )
             if usage:
                 usage_rows = [self._usage_row(record) for record in usage]
-                cur.executemany(INSERT_USAGE, usage_rows)
+                INSERT_USAGE.execute(cur, usage_rows)
                 tokens = [
                     {**row, **streams.row(self.region, escape_fields(used))}
                     for row, record in zip(usage_rows, usage, strict=True)
                     for used in record.tokens
                 ]
                 if tokens:
-                    cur.executemany(INSERT_TOKENS, tokens)
+                    INSERT_TOKENS.execute(cur, tokens)
                 cached = [
                     self._cache_row(r) for r in usage if r.cache_key and r.outcome == "Succeeded"
                 ]
                 if cached:
-                    cur.executemany(INSERT_CACHE, cached)
+                    INSERT_CACHE.execute(cur, cached)
             if runs:
-                terminal = sorted(TERMINAL_RUN_PHASES)
-                cur.executemany(
-                    UPSERT_RUN,
-                    [{**streams.row(self.region, run), "terminal": terminal} for run in runs],
-                )
+                for wave in _one_per_run(runs):
+                    rows_of_runs = [streams.row(self.region, run) for run in wave]
+                    UPSERT_RUNS.execute(cur, rows_of_runs, terminal=sorted(TERMINAL_RUN_PHASES))
         return [row["at"] for row in rows]
 
     def record_version(self, version: SpecVersion) -> int | None:
@@ -252,7 +245,7 @@ class Store:
         jsonb the mirror stores)."""
         return {
             **streams.row(self.region, record),
-            "outputs": Jsonb(escape_json(record.outputs or {})),
+            "outputs": escape_json(record.outputs or {}),
             "created_at": record.finished_at or record.started_at or datetime.now(UTC),
         }
 
@@ -316,3 +309,16 @@ class Store:
 
     def _region_filter(self, all_regions: bool) -> str | None:
         return None if all_regions else self.region
+
+
+def _one_per_run(runs: Sequence[RunRecord]) -> list[list[RunRecord]]:
+    """The records in statements that each hold a Run at most once, in order: one statement
+    cannot upsert a row twice. The writer sends one record per Run, so there is one."""
+    waves: list[list[RunRecord]] = []
+    seen: dict[str, int] = {}
+    for run in runs:
+        wave = seen[run.uid] = seen.get(run.uid, -1) + 1
+        if wave == len(waves):
+            waves.append([])
+        waves[wave].append(run)
+    return waves

@@ -13,9 +13,8 @@ import logging
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from nofx.mirror import chain
+from nofx.mirror import bulk, chain
 from nofx.mirror.errors import ChainGapError, Rejected
 from nofx.mirror.keys import AuditKey, KeyRing
 from nofx.mirror.records import AuditEvent
@@ -25,10 +24,8 @@ log = logging.getLogger(__name__)
 EVENT_FIELDS = [f.name for f in dataclasses.fields(AuditEvent)]
 AUDIT_COLUMNS = ["region", *EVENT_FIELDS, "prev_hash", "hash", "key_id"]
 
-INSERT_EVENT = sql.SQL("INSERT INTO audit_events ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
-    sql.SQL(", ").join(map(sql.Identifier, AUDIT_COLUMNS)),
-    sql.SQL(", ").join(map(sql.Placeholder, AUDIT_COLUMNS)),
-)
+# Rows of chain_rows or event_row, in one statement; those already stored are skipped.
+INSERT_EVENTS = bulk.Insert("audit_events", AUDIT_COLUMNS)
 
 
 def lock_streams(cur: psycopg.Cursor[Any], region: str, streams: list[str]) -> None:
