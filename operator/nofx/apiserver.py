@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -19,8 +20,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 
-def load_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """In a Pod: its service account; elsewhere: KUBECONFIG or ~/.kube/config."""
+def load_config(component: str, kubeconfig: str | None = None) -> client.ApiClient:
+    """In a Pod: its service account; elsewhere: KUBECONFIG or ~/.kube/config. The component
+    (nofx-operator, nofx-cli, nofx-console) names its requests in the API server's audit log
+    and its fields' manager in managedFields (else "python-urllib3")."""
     configuration = client.Configuration()
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)
@@ -28,7 +31,9 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     # Reconciles run in parallel threads; each needs a connection without waiting for another.
     configuration.connection_pool_maxsize = 32
-    return client.ApiClient(configuration)
+    api = client.ApiClient(configuration)
+    api.user_agent = f"{component}/{version('nofx')}"
+    return api
 
 
 # Seconds to connect, and to wait for each read of an answer: a hung API server fails the
@@ -108,7 +113,7 @@ class ApiServer:
         timeout: tuple[float, float] | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """The response, its body not read yet."""
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": self.api.user_agent}
         # The bearer token, refreshed when the client's configuration says it is due.
         self.api.update_params_for_auth(headers, None, ["BearerToken"], path, method, None)
         data = None

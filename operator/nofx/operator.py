@@ -99,7 +99,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=OPTIONS.workers, thread_name_prefix="reconcile")
     )
-    client = kube.Kube(load_config(OPTIONS.kubeconfig))
+    client = kube.Kube(load_config("nofx-operator", OPTIONS.kubeconfig))
     limits = Limits(
         OPTIONS.max_child_run_depth,
         OPTIONS.max_child_runs,

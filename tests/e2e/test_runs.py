@@ -45,6 +45,13 @@ def test_linear_run_succeeds_with_outputs_passed_downstream(
         "plan",
         "review",
     ]
+    # Who wrote what, as `kubectl get --show-managed-fields` tells it: the operator by name.
+    shown = kubectl.json("get", "run", "linear-1", "-n", namespace, "--show-managed-fields")
+    managers = {(f["manager"], f.get("subresource")) for f in shown["metadata"]["managedFields"]}
+    assert ("nofx-operator", "status") in managers, managers
+    job_name = jobs[0]["metadata"]["name"]
+    job = kubectl.json("get", "job", job_name, "-n", namespace, "--show-managed-fields")
+    assert "nofx-operator" in {f["manager"] for f in job["metadata"]["managedFields"]}
 
 
 def events_of(kubectl: Kubectl, namespace: str, run_name: str) -> list[str]:

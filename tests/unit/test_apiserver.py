@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -35,6 +36,7 @@ class Recorded(BaseHTTPRequestHandler):
                 "path": self.path,
                 "authorization": self.headers.get("Authorization"),
                 "content_type": self.headers.get("Content-Type"),
+                "user_agent": self.headers.get("User-Agent"),
                 "body": body,
             }
         )
@@ -84,7 +86,9 @@ def server() -> Iterator[ApiServer]:
     configuration.api_key = {"authorization": "token-1"}
     configuration.api_key_prefix = {"authorization": "Bearer"}
     Recorded.seen = []
-    yield ApiServer(client.ApiClient(configuration))
+    api = client.ApiClient(configuration)
+    api.user_agent = "nofx-test/1"
+    yield ApiServer(api)
     http.shutdown()
 
 
@@ -105,6 +109,25 @@ def test_a_request_goes_to_the_prefixed_path_with_the_token_and_json(server: Api
     )
     assert seen["authorization"] == "Bearer token-1"
     assert seen["content_type"] == "application/merge-patch+json"
+    assert seen["user_agent"] == "nofx-test/1"
+
+
+def test_a_component_names_itself_to_the_api_server(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    api = apiserver.load_config("nofx-cli", str(kubeconfig))
+    assert api.user_agent.startswith("nofx-cli/")  # managedFields' manager: nofx-cli
 
 
 def test_an_error_status_is_an_api_exception_with_the_servers_words(server: ApiServer) -> None:

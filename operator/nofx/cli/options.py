@@ -60,7 +60,7 @@ def open_store(args: argparse.Namespace, keys: KeyRing | None = None) -> Store:
 
 
 def kube_client(args: argparse.Namespace) -> kube.Kube:
-    return kube.Kube(load_config(args.kubeconfig))
+    return kube.Kube(load_config("nofx-cli", args.kubeconfig))
 
 
 def parse_time(text: str) -> datetime:

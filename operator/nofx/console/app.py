@@ -125,7 +125,7 @@ def _seconds(value: float | None) -> str:
 def serve(options: Options) -> None:
     store = Store(options.database_url, options.region) if options.database_url else None
     console = pages.Console(
-        cluster=Cluster(load_config(options.kubeconfig)),
+        cluster=Cluster(load_config("nofx-console", options.kubeconfig)),
         store=store,
         templates=templates(),
         namespaces=options.namespaces,
