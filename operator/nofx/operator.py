@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -211,9 +212,27 @@ def runs_held(**_: Any) -> int:
     return metrics.runs_held()
 
 
+# Python's cyclic garbage collector, by default, looks through the young objects every 700
+# allocations and now and then through everything, startup's modules and schemas included:
+# decoding one watch event allocates hundreds of dicts and lists, nearly all freed by reference
+# counting anyway. For 170 Runs: 207 CPU ms in collections (4 % of the operator's), 80 after,
+# 44 of them the collection at startup.
+YOUNG_COLLECTION_AFTER = 20_000  # allocations
+OLDER_COLLECTIONS_AFTER = 20  # collections of the generation below
+
+
+def settle_garbage_collector() -> None:
+    """What startup built (modules, schemas, clients) lives as long as the process: frozen, so
+    no full collection looks through it again; collections of young objects are rarer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_AFTER, OLDER_COLLECTIONS_AFTER, OLDER_COLLECTIONS_AFTER)
+
+
 def run(options: Options) -> None:
     global OPTIONS
     OPTIONS = options
+    settle_garbage_collector()
     if options.kueue:
         workloads.register()
     kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="k8s")
