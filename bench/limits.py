@@ -18,6 +18,7 @@ from observer import Observer, watch_each
 from scenarios import STEP_SECONDS
 from system import Bench
 
+from nofx_dev.audit import writes_per_run
 from nofx_dev.kwok import played_job
 
 
@@ -114,19 +115,31 @@ def chained_limit(bench: Bench, chains: int, length: int = 3) -> dict[str, Any]:
 
     watch = watch_each(bench.api, f"/apis/batch/v1/namespaces/{namespace}/jobs", see)
     time.sleep(0.5)
+    cpu_before, audit_mark = bench.cpu_by_process(), bench.audit.mark()
     started = time.monotonic()
     for chain in range(chains):
         pool.submit(create, chain, 0)
     all_done.wait(timeout=600)
+    seconds = time.monotonic() - started
+    cpu_after = bench.cpu_by_process()
     watch.stop()
     pool.shutdown(wait=False, cancel_futures=True)
+    writes = writes_per_run(bench.audit.read_since(audit_mark), chains, namespace, "")
     bench.kubectl("delete", "namespace", namespace, "--wait=false")
     return {
         "chains": chains,
         "jobs": chains * length,
         "completed": len(done),
-        "seconds": round(time.monotonic() - started, 2),
+        "seconds": round(seconds, 2),
         "jobs_per_second": sustained_rate(list(done.values())),
+        # What the Jobs of a Run cost by themselves: the Runs' figures less these are NOFX's.
+        "cpu_ms_per_chain_by_process": {
+            name: round(1000 * (cpu_after[name] - cpu_before.get(name, 0.0)) / chains, 1)
+            for name in sorted(cpu_after, key=lambda n: cpu_before.get(n, 0.0) - cpu_after[n])
+            if name != "operator"
+        },
+        "writes_per_chain": writes["system_total"],
+        "writes_per_chain_by_user": writes["by_user"],
     }
 
 

@@ -57,7 +57,7 @@ def summary(results: dict[str, Any], before: dict[str, Any] | None = None) -> st
             f"| {writes['operator_total']} / {writes['system_total']} |"
         )
     throughput = results["throughput"]
-    lines += where_time_and_cpu_go(throughput)
+    lines += where_time_and_cpu_go(throughput, limit.get("chained") or {})
     lines += [
         "",
         "API requests per Run at the highest rate, by the whole system (operator, Job "
@@ -112,16 +112,27 @@ def chained_limit(limit: dict[str, Any], step_seconds: str) -> list[str]:
     if "chained" not in limit:  # results from before the chained limit was measured
         return []
     chained = limit["chained"]
-    return [
+    lines = [
         f"- Job chains, the Runs' shape with an operator that costs nothing: our own client "
         f"runs {chained['chains']} chains of three {step_seconds} Jobs at once and creates "
         "each chain's next Job when its watch sees the previous one complete: "
         f"**{chained['jobs_per_second']} Jobs/s**.",
     ]
+    cpu = chained.get("cpu_ms_per_chain_by_process")
+    if cpu:  # results from before these were measured lack them
+        lines.append(
+            f"  A chain of three Jobs by itself costs {chained['writes_per_chain']} writes "
+            f"({', '.join(f'{k} {v}' for k, v in chained['writes_per_chain_by_user'].items())}) "
+            "and, in CPU ms: "
+            + ", ".join(f"{name} {ms}" for name, ms in cpu.items() if ms >= 0.1)
+            + f"; {sum(cpu.values()):.1f} in all."
+        )
+    return lines
 
 
-def where_time_and_cpu_go(throughput: dict[str, Any]) -> list[str]:
-    """A step's stages from our own watches, and CPU per Run of each process."""
+def where_time_and_cpu_go(throughput: dict[str, Any], chained: dict[str, Any]) -> list[str]:
+    """A step's stages from our own watches, and CPU per Run of each process (and what it
+    adds to the same Jobs run in chains with no operator)."""
     lines = []
     stages = throughput.get("step_stages_ms")
     if stages:
@@ -142,6 +153,14 @@ def where_time_and_cpu_go(throughput: dict[str, Any]) -> list[str]:
             + ", ".join(f"{name} {ms}" for name, ms in cpu.items() if ms >= 0.1)
             + f"; {sum(cpu.values()):.1f} in all.",
         ]
+    alone = chained.get("cpu_ms_per_chain_by_process")
+    if cpu and alone:
+        added = {name: round(ms - alone.get(name, 0.0), 1) for name, ms in cpu.items()}
+        lines[-1] += (
+            " Beyond what its three Jobs cost in chains with no operator: "
+            + ", ".join(f"{name} {ms:+}" for name, ms in added.items() if abs(ms) >= 0.1)
+            + f"; {sum(added.values()):+.1f} in all."
+        )
     return lines
 
 

@@ -93,3 +93,22 @@ def test_the_job_chain_limit_the_stages_and_cpu_by_process_are_shown_when_measur
     )
     assert row.endswith("84% of the Job-lifecycle limit, 70% of the Job-chain limit")
     assert "chains" not in report.summary(results()), "older results lack the chain limit"
+    assert "Beyond what" not in text, "older chain limits lack their CPU"
+
+
+def test_what_a_run_adds_to_its_jobs_alone_is_shown_when_the_chains_were_measured() -> None:
+    measured = results()
+    measured["limit"]["chained"] = {
+        "chains": 100, "jobs": 300, "jobs_per_second": 60.0,
+        "cpu_ms_per_chain_by_process": {"kube-apiserver": 60.0, "kwok": 10.0},
+        "writes_per_chain": 33.5, "writes_per_chain_by_user": {"kwok": 6.0, "nofx-admin": 3.0},
+    }  # fmt: skip
+    measured["throughput"]["cpu_ms_per_run_by_process"] = {
+        "kube-apiserver": 90.0,
+        "operator": 20.0,
+        "kwok": 10.0,
+    }
+    text = report.summary(measured)
+    assert "A chain of three Jobs by itself costs 33.5 writes (kwok 6.0, nofx-admin 3.0)" in text
+    assert "kube-apiserver 60.0, kwok 10.0; 70.0 in all." in text
+    assert "no operator: kube-apiserver +30.0, operator +20.0; +50.0 in all." in text
