@@ -235,6 +235,22 @@ def test_a_value_postgres_refuses_raises_rejected_and_writes_nothing(
     assert rows(dsn, "SELECT count(*) FROM usage_records") == [(1,)]
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        usage_record(attempt=2**70),  # beyond 64 bits: past orjson, refused by Postgres
+        usage_record(wall_seconds=float("nan")),  # JSON has no NaN: null, into a NOT NULL column
+    ],
+    ids=["integer beyond 64 bits", "NaN"],
+)
+def test_a_value_json_cannot_carry_as_is_is_refused_not_lost(
+    store: Store, dsn: str, record: UsageRecord
+) -> None:
+    with pytest.raises(Rejected):
+        store.write(run_events("a", [1]), [record], [])
+    assert rows(dsn, "SELECT count(*) FROM audit_events") == [(0,)]
+
+
 def test_verify_names_the_first_edited_or_missing_row(store: Store, dsn: str) -> None:
     store.write(run_events("a", range(1, 5)) + run_events("b", range(1, 5)), [], [])
     store.write(run_events("c", range(1, 5)) + run_events("d", range(1, 5)), [], [])
