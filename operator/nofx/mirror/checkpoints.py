@@ -12,15 +12,13 @@ from typing import Any
 import psycopg
 
 from nofx.api.run import TERMINAL_RUN_PHASES
-from nofx.mirror import chain
+from nofx.mirror import bulk, chain
 from nofx.mirror.keys import AuditKey
 from nofx.mirror.records import RunRecord
 
-INSERT = """
-INSERT INTO audit_checkpoints (region, stream, seq, hash, at, key_id, mac)
-VALUES (%(region)s, %(stream)s, %(seq)s, %(hash)s, %(at)s, %(key_id)s, %(mac)s)
-ON CONFLICT DO NOTHING
-"""
+INSERT = bulk.Insert(
+    "audit_checkpoints", ["region", "stream", "seq", "hash", "at", "key_id", "mac"]
+)
 
 # Heads of Agent and Template streams (a partial index keeps the Runs' rows out) with no
 # checkpoint at or after them.
@@ -63,7 +61,7 @@ def checkpoint_finished_runs(
         if stream in finished
     ]
     if signed:
-        cur.executemany(INSERT, [vars(checkpoint) for checkpoint in signed])
+        INSERT.execute(cur, [vars(checkpoint) for checkpoint in signed])
     return len(signed)
 
 
@@ -76,5 +74,5 @@ def checkpoint_registry(cur: psycopg.Cursor[Any], region: str, key: AuditKey, no
         for stream, seq, digest in heads
     ]
     if signed:
-        cur.executemany(INSERT, [vars(checkpoint) for checkpoint in signed])
+        INSERT.execute(cur, [vars(checkpoint) for checkpoint in signed])
     return len(signed)
