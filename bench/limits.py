@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
-from measure import sustained_rate
+from measure import cpu_ms_per, sustained_rate
 from observer import Observer, watch_each
 from scenarios import STEP_SECONDS
-from system import Bench
+from system import OPERATOR_USER, Bench
 
 from nofx_dev.audit import writes_per_run
 from nofx_dev.kwok import played_job
@@ -124,7 +124,7 @@ def chained_limit(bench: Bench, chains: int, length: int = 3) -> dict[str, Any]:
     cpu_after = bench.cpu_by_process()
     watch.stop()
     pool.shutdown(wait=False, cancel_futures=True)
-    writes = writes_per_run(bench.audit.read_since(audit_mark), chains, namespace, "")
+    writes = writes_per_run(bench.audit.read_since(audit_mark), chains, namespace, OPERATOR_USER)
     bench.kubectl("delete", "namespace", namespace, "--wait=false")
     return {
         "chains": chains,
@@ -134,9 +134,9 @@ def chained_limit(bench: Bench, chains: int, length: int = 3) -> dict[str, Any]:
         "jobs_per_second": sustained_rate(list(done.values())),
         # What the Jobs of a Run cost by themselves: the Runs' figures less these are NOFX's.
         "cpu_ms_per_chain_by_process": {
-            name: round(1000 * (cpu_after[name] - cpu_before.get(name, 0.0)) / chains, 1)
-            for name in sorted(cpu_after, key=lambda n: cpu_before.get(n, 0.0) - cpu_after[n])
-            if name != "operator"
+            name: ms
+            for name, ms in cpu_ms_per(cpu_before, cpu_after, chains).items()
+            if name != "operator"  # idle meanwhile: the chains' Jobs are not a Run's
         },
         "writes_per_chain": writes["system_total"],
         "writes_per_chain_by_user": writes["by_user"],

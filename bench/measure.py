@@ -118,6 +118,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_ms_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """CPU ms per unit of work (a Run, a chain) of each process between two readings of
+    Bench.cpu_by_process, the busiest first."""
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    return {
+        name: round(1000 * seconds / count, 1)
+        for name, seconds in sorted(used.items(), key=lambda item: -item[1])
+    }
+
+
 def with_children(parent: int) -> list[int]:
     """A process and its direct children (Postgres' backends and workers)."""
     children = []

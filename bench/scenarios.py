@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
-from measure import percentiles, sustained_rate
+from measure import cpu_ms_per, percentiles, sustained_rate
 from observer import Observer
 from system import OPERATOR_USER, Bench
 
@@ -131,10 +131,7 @@ def runs_at(bench: Bench, namespace: str, count: int, rate: float | None) -> dic
         "operator_cpu_seconds": round(cpu, 2),
         "operator_cpu_ms_per_run": round(1000 * cpu / count, 1),
         "operator_rss_mib": usage_after["rss_mib"],
-        "cpu_ms_per_run_by_process": {
-            name: round(1000 * (cpu_after[name] - cpu_before.get(name, 0.0)) / count, 1)
-            for name in sorted(cpu_after, key=lambda n: cpu_before.get(n, 0.0) - cpu_after[n])
-        },
+        "cpu_ms_per_run_by_process": cpu_ms_per(cpu_before, cpu_after, count),
         "api_requests_per_run": requests.per_request_kind(count),
         "writes_per_run": writes_per_run(writes, len(observer.run_done), namespace, OPERATOR_USER),
         "step_pod_reads_per_run": {

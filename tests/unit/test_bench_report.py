@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import measure
 import report
 
 
@@ -112,3 +113,11 @@ def test_what_a_run_adds_to_its_jobs_alone_is_shown_when_the_chains_were_measure
     assert "A chain of three Jobs by itself costs 33.5 writes (kwok 6.0, nofx-admin 3.0)" in text
     assert "kube-apiserver 60.0, kwok 10.0; 70.0 in all." in text
     assert "no operator: kube-apiserver +30.0, operator +20.0; +50.0 in all." in text
+
+
+def test_cpu_per_unit_of_work_is_each_process_share_between_two_readings_busiest_first() -> None:
+    before = {"kube-apiserver": 10.0, "operator": 2.0}
+    after = {"kube-apiserver": 10.5, "operator": 3.0, "postgres": 0.1}  # postgres: new since
+    per_run = measure.cpu_ms_per(before, after, 10)
+    assert per_run == {"operator": 100.0, "kube-apiserver": 50.0, "postgres": 10.0}
+    assert list(per_run) == ["operator", "kube-apiserver", "postgres"]
