@@ -6,6 +6,7 @@ newest row visible: the head it signs is no longer found (verify.py)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -16,9 +17,7 @@ from nofx.mirror import bulk, chain
 from nofx.mirror.keys import AuditKey
 from nofx.mirror.records import RunRecord
 
-INSERT = bulk.Insert(
-    "audit_checkpoints", ["region", "stream", "seq", "hash", "at", "key_id", "mac"]
-)
+INSERT = bulk.Insert("audit_checkpoints", [field.name for field in fields(chain.Checkpoint)])
 
 # Heads of Agent and Template streams (a partial index keeps the Runs' rows out) with no
 # checkpoint at or after them.

@@ -13,6 +13,7 @@ limited to the Store's region unless asked for all regions (a global database ho
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -64,10 +65,7 @@ INSERT_CACHE = bulk.Insert(
 # a statement (see _one_per_run).
 UPSERT_RUNS = bulk.Insert(
     "runs",
-    [
-        "region", "uid", "namespace", "name", "template", "account", "phase", "created_at",
-        "started_at", "finished_at",
-    ],
+    ["region", *(field.name for field in dataclasses.fields(RunRecord))],  # streams.row's keys
     alias="r",
     then="""ON CONFLICT (region, uid) DO UPDATE SET
     namespace = EXCLUDED.namespace,
