@@ -236,19 +236,22 @@ def test_a_value_postgres_refuses_raises_rejected_and_writes_nothing(
 
 
 @pytest.mark.parametrize(
-    "record",
+    ("record", "words"),
     [
-        usage_record(attempt=2**70),  # beyond 64 bits: past orjson, refused by Postgres
-        usage_record(wall_seconds=float("nan")),  # JSON has no NaN: null, into a NOT NULL column
+        # Beyond 64 bits: past orjson, refused by Postgres.
+        (usage_record(attempt=2**70), "out of range for type integer"),
+        # JSON has no NaN: null, into a NOT NULL column.
+        (usage_record(wall_seconds=float("nan")), '"wall_seconds"'),
     ],
     ids=["integer beyond 64 bits", "NaN"],
 )
 def test_a_value_json_cannot_carry_as_is_is_refused_not_lost(
-    store: Store, dsn: str, record: UsageRecord
+    store: Store, dsn: str, record: UsageRecord, words: str
 ) -> None:
-    with pytest.raises(Rejected):
+    with pytest.raises(Rejected, match=words):  # the Mirrored condition quotes these words
         store.write(run_events("a", [1]), [record], [])
     assert rows(dsn, "SELECT count(*) FROM audit_events") == [(0,)]
+    assert rows(dsn, "SELECT count(*) FROM usage_records") == [(0,)]
 
 
 def test_verify_names_the_first_edited_or_missing_row(store: Store, dsn: str) -> None:
